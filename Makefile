@@ -1,0 +1,64 @@
+# segleak: `make benchmark` and `make test` install what is missing into .venv, then run.
+# The install is idempotent: a stamp file keyed by the hash of pyproject.toml and this Makefile makes a
+# second call install nothing. mmcv 2.1.0 is compiled once per machine; pip's wheel cache keeps the build.
+
+SHELL      := /bin/bash
+PYTHON     ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+SEGLEAK    := $(VENV)/bin/segleak
+TORCH_WHL  := $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
+TORCH_REQ  := $(if $(TORCH_WHL),$(TORCH_WHL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
+STAMP      := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+RESULTS    ?= results
+PROFILE    ?= default
+PYTEST_ARGS ?=
+
+export RAY_AUTH_MODE ?= disabled
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install benchmark test test-fast ui leaderboard plots bench docker cluster-test clean
+
+install: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo ">> installing into $(VENV) (first time only; mmcv compiles once per machine, ~25 min)"
+	$(PIP) install -q --upgrade "pip>=24,<26"
+	# torch first, from the CPU wheel, so nothing later pulls a CUDA build
+	$(PIP) install -q $(TORCH_REQ)
+	# mmcv 2.1.0's setup.py imports pkg_resources (removed in setuptools>=70)
+	$(PIP) install -q "setuptools<70" wheel ninja "numpy<2.5"
+	# compiled ops against the installed torch; --no-build-isolation keeps that torch; pip caches the wheel
+	MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
+	$(PIP) install -q -e ".[test]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+benchmark: install
+	$(SEGLEAK) benchmark --profile $(PROFILE) --results $(RESULTS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+ui: install
+	$(SEGLEAK) ui --results $(RESULTS)
+
+leaderboard: install
+	$(SEGLEAK) leaderboard --results $(RESULTS)
+
+plots: install
+	$(SEGLEAK) plots --results $(RESULTS)
+
+bench: install
+	$(PY) -m benchmark.perf --out $(RESULTS)/bench.json
+
+docker:
+	docker build -f docker/Dockerfile -t segleak:gpu .
+
+clean:
+	rm -rf $(RESULTS) .pytest_cache

@@ -1,0 +1,223 @@
+"""The `segleak` command line: parses arguments and hands each subcommand to one library function.
+
+Heavy imports (torch, Ray, MLflow) happen inside the handlers so `segleak --help` stays instant and a
+data command does not start Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from benchmark.errors import SegleakError
+from benchmark.paths import DEFAULT_RESULTS, default_tracking_uri
+
+DATASETS = ("cityscapes", "bdd100k", "mapillary")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 64x128 (HxW), got {text!r}") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"size {text!r} is too small: both sides must be >= 16")
+    return h, w
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"overlap must be in [0, 1], got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    return args.tracking_uri or default_tracking_uri(args.results)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from ray_jobs.runner import run_benchmark
+
+    summary = run_benchmark(
+        profile=args.profile,
+        grid_file=args.grid,
+        results=args.results,
+        tracking_uri=args.tracking_uri,
+        address=args.address or os.environ.get("RAY_ADDRESS"),
+        max_concurrent=args.max_concurrent,
+    )
+    return 1 if summary.failed else 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from benchmark.data.synth import write_synthetic_dataset
+
+    n_train, n_val = write_synthetic_dataset(
+        args.layout, Path(args.out), n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed
+    )
+    print(f"wrote {n_train} train and {n_val} val images in the {args.layout} layout under {args.out}")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from benchmark.data.check import check_dataset
+
+    report = check_dataset(args.dataset, Path(args.root))
+    for line in report.lines():
+        print(line, file=sys.stdout if report.usable else sys.stderr)
+    return 0 if report.usable else 1
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from benchmark.data.prepare import prepare_cityscapes
+
+    written = prepare_cityscapes(Path(args.root))
+    print(f"wrote {written} trainId label files under {args.root}")
+    return 0
+
+
+def _cmd_splits(args: argparse.Namespace) -> int:
+    from benchmark.data.splits import make_manifest, write_manifest
+
+    manifest = make_manifest(
+        dataset=args.dataset,
+        root=Path(args.root),
+        overlap=args.overlap,
+        seed=args.seed,
+        recipe=args.recipe,
+        shadow_dataset=args.shadow_dataset,
+        shadow_root=Path(args.shadow_root) if args.shadow_root else None,
+        placebo=args.placebo,
+    )
+    digest = write_manifest(manifest, Path(args.out))
+    print(f"wrote {args.out} (sha256 {digest[:12]}): {manifest.summary()}")
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from analysis.leaderboard import write_leaderboard
+
+    for path in write_leaderboard(_tracking_uri(args), args.experiment, Path(args.out or Path(args.results) / "leaderboard")):
+        print(path)
+    return 0
+
+
+def _cmd_plots(args: argparse.Namespace) -> int:
+    from analysis.plots import write_plots
+
+    for path in write_plots(_tracking_uri(args), args.experiment, Path(args.out or Path(args.results) / "plots")):
+        print(path)
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from analysis.ui import serve_ui
+
+    return serve_ui(_tracking_uri(args), port=args.port)
+
+
+def _add_tracking(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: ./results)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segleak", description="Membership inference benchmark for semantic segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("benchmark", help="run a grid (a profile or a grid file) on Ray, logging to MLflow")
+    source = bench.add_mutually_exclusive_group()
+    source.add_argument("--profile", default=None, help="smoke | default | paper (default: default)")
+    source.add_argument("--grid", help="a grid YAML file")
+    bench.add_argument("--results", default=DEFAULT_RESULTS, help="results folder or s3:// URI (default: ./results)")
+    bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
+    bench.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    bench.add_argument("--max-concurrent", type=_positive, help="at most this many jobs at once")
+    bench.set_defaults(handler=_cmd_benchmark)
+
+    data = sub.add_parser("data", help="synthesise, check or prepare a dataset")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="write the embedded synthetic street scenes in a real layout")
+    synth.add_argument("--layout", choices=DATASETS, required=True)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--n-train", type=_positive, default=200)
+    synth.add_argument("--n-val", type=_positive, default=100)
+    synth.add_argument("--size", type=_size, default=(64, 128), help="HxW (default 64x128)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_cmd_data_synth)
+    check = data_sub.add_parser("check", help="validate a dataset tree")
+    check.add_argument("--dataset", choices=DATASETS, required=True)
+    check.add_argument("--root", required=True)
+    check.set_defaults(handler=_cmd_data_check)
+    prepare = data_sub.add_parser("prepare", help="official Cityscapes download -> trainId labels")
+    prepare.add_argument("--dataset", choices=("cityscapes",), required=True)
+    prepare.add_argument("--root", required=True)
+    prepare.set_defaults(handler=_cmd_data_prepare)
+
+    splits = sub.add_parser("splits", help="write a membership manifest")
+    splits.add_argument("--dataset", choices=DATASETS, required=True)
+    splits.add_argument("--root", required=True)
+    splits.add_argument("--overlap", type=_fraction, default=0.0, help="fraction of shadow members drawn from victim members")
+    splits.add_argument("--seed", type=int, default=0)
+    splits.add_argument("--recipe", default="auto", help="auto (sizes from the data) | paper (the paper's split sizes)")
+    splits.add_argument("--shadow-dataset", choices=DATASETS, help="independent setting: the shadow's dataset")
+    splits.add_argument("--shadow-root", help="independent setting: the shadow dataset's root")
+    splits.add_argument("--placebo", action="store_true", help="victim trained on images outside both query sets")
+    splits.add_argument("--out", required=True)
+    splits.set_defaults(handler=_cmd_splits)
+
+    for name, handler, text in (
+        ("leaderboard", _cmd_leaderboard, "leaderboard tables (CSV, Markdown, HTML) from MLflow"),
+        ("plots", _cmd_plots, "comparison plots (PNG, SVG) from MLflow"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        _add_tracking(cmd)
+        cmd.add_argument("--experiment", help="MLflow experiment (default: the most recent segleak experiment)")
+        cmd.add_argument("--out", help="output folder (default: <results>/%s)" % name)
+        cmd.set_defaults(handler=handler)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
+    _add_tracking(ui)
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `segleak` console script; bad input ends in one line on stderr and exit 2."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except SegleakError as exc:
+        print(f"segleak: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segleak: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
+        if os.environ.get("SEGLEAK_DEBUG"):
+            raise
+        print(f"segleak: error: {type(exc).__name__}: {exc} (set SEGLEAK_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
