@@ -1,0 +1,81 @@
+"""Attack input representations built from released posteriors and the query's ground truth.
+
+All functions take `probs [B,C,H,W]` (rows sum to 1 over C) and `labels [B,H,W]` (int, `ignore_index` =
+unlabelled) and are vectorised with gather / one_hot: no per-pixel or per-class Python loops.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from benchmark.errors import SegleakError
+
+EPS = 1e-12  # probabilities are clipped here before the log, so -log p_y <= 27.6
+HARD_SLM_SCALE = 50.0  # the authors' code divides the SLM of argmax (one-hot) outputs by 50
+
+
+def label_mask(probs: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Validate shapes; return the mask of labelled pixels and labels with ignored ones set to 0 (safe for gather)."""
+    if probs.dim() != 4 or labels.shape != (probs.shape[0], *probs.shape[2:]):
+        raise SegleakError(
+            f"expected probs [B,C,H,W] and labels [B,H,W], got {tuple(probs.shape)} and {tuple(labels.shape)}"
+        )
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    if safe.numel() and (safe.min() < 0 or safe.max() >= probs.shape[1]):
+        raise SegleakError(
+            f"labels must lie in [0, {probs.shape[1]}) or equal ignore_index={ignore_index}"
+        )
+    return valid, safe
+
+
+def structured_loss_map(probs: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+    """Per-pixel cross-entropy `-log(max(p_y, EPS))` as `[B,1,H,W]`, 0 at ignored pixels (the paper's SLM)."""
+    valid, safe = label_mask(probs, labels, ignore_index)
+    p_y = probs.gather(1, safe.unsqueeze(1))
+    loss = -p_y.clamp_min(EPS).log()
+    return torch.where(valid.unsqueeze(1), loss, torch.zeros_like(loss))
+
+
+def concatenation(probs: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+    """Posteriors stacked with the one-hot ground truth `[B,2C,H,W]`; ignored pixels get an all-zero one-hot."""
+    valid, safe = label_mask(probs, labels, ignore_index)
+    onehot = torch.nn.functional.one_hot(safe, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    return torch.cat([probs, onehot * valid.unsqueeze(1).to(probs.dtype)], dim=1)
+
+
+def posterior_only(probs: Tensor, labels: Tensor | None = None, ignore_index: int = 255) -> Tensor:
+    """The posterior map itself `[B,C,H,W]`: the weakest baseline, it ignores the ground truth."""
+    return probs
+
+
+REPRESENTATIONS: dict[str, Callable[..., Tensor]] = {
+    "slm": structured_loss_map,
+    "concat": concatenation,
+    "posterior": posterior_only,
+}
+
+
+def representation(
+    name: str, probs: Tensor, labels: Tensor, *, hard: bool = False, ignore_index: int = 255
+) -> Tensor:
+    """Build representation `name`; `hard=True` (argmax-defended outputs) scales the SLM by 1/50.
+
+    On one-hot outputs the SLM is 0 or -log(EPS) ~ 27.6; the scaling keeps attack inputs small, as in
+    the authors' code. The other representations are already in [0, 1].
+    """
+    if name not in REPRESENTATIONS:
+        raise SegleakError(f"unknown representation {name!r}; known: {sorted(REPRESENTATIONS)}")
+    rep = REPRESENTATIONS[name](probs, labels, ignore_index=ignore_index)
+    if hard and name == "slm":
+        rep = rep / HARD_SLM_SCALE
+    return rep
+
+
+def representation_channels(name: str, num_classes: int) -> int:
+    """Input channels of representation `name`, to size the attack network."""
+    channels = {"slm": 1, "concat": 2 * num_classes, "posterior": num_classes}
+    if name not in channels:
+        raise SegleakError(f"unknown representation {name!r}; known: {sorted(channels)}")
+    return channels[name]
