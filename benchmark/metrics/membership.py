@@ -1,0 +1,143 @@
+"""Membership inference metrics over per-image attack scores (higher score = more likely a member).
+
+AUC is rank-based (Mann-Whitney U with average ranks for ties), so it equals
+`sklearn.metrics.roc_auc_score`; its 95% interval is a stratified percentile bootstrap over images.
+TPR at a low FPR f is reported only when the non-members can resolve it (n_nonmembers >= 1/f);
+otherwise it is None and `missing` says why, so nobody prints a figure the data cannot support.
+"""
+
+import numpy as np
+from scipy.stats import rankdata
+
+from benchmark.errors import SegleakError
+
+TPR_TARGETS: dict[str, float] = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+_BOOTSTRAP_CELLS = 2_000_000  # scores ranked per bootstrap chunk: bounds memory for large query sets
+
+
+def _validate(scores, is_member) -> tuple[np.ndarray, np.ndarray]:
+    """Return (float64 scores, bool membership) or raise SegleakError naming the problem."""
+    s = np.asarray(scores, dtype=np.float64)
+    m = np.asarray(is_member)
+    if s.ndim != 1 or m.ndim != 1 or len(s) != len(m):
+        raise SegleakError(f"scores and is_member must be 1-D of equal length, got {s.shape} and {m.shape}")
+    if not np.isfinite(s).all():
+        raise SegleakError(f"{int((~np.isfinite(s)).sum())} attack scores are NaN or infinite")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise SegleakError("is_member must be boolean or 0/1")
+        m = m.astype(bool)
+    if m.all() or not m.any():
+        raise SegleakError(f"need both members and non-members, got {int(m.sum())} and {int((~m).sum())}")
+    return s, m
+
+
+def roc_curve(scores, is_member) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC points (fpr, tpr, thresholds), one per distinct score, equal to
+    `sklearn.metrics.roc_curve(is_member, scores, drop_intermediate=False)`.
+
+    thresholds descend; as in sklearn the first is +inf (nothing predicted a member). Plot fpr/tpr on
+    log-log axes to show the low-FPR regime.
+    """
+    s, m = _validate(scores, is_member)
+    order = np.argsort(s, kind="mergesort")[::-1]
+    s, m = s[order], m[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(m, dtype=np.float64)[last_of_value]
+    fps = 1 + last_of_value - tps
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    return fps / fps[-1], tps / tps[-1], np.r_[np.inf, s[last_of_value]]
+
+
+def _auc_rows(member: np.ndarray, nonmember: np.ndarray) -> np.ndarray:
+    """AUC per row of `member [R,n1]` vs `nonmember [R,n0]` via average ranks (ties count 1/2)."""
+    n1, n0 = member.shape[1], nonmember.shape[1]
+    ranks = rankdata(np.concatenate([member, nonmember], axis=1), axis=1)
+    return (ranks[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def bootstrap_auc(scores, is_member, n_bootstrap: int = 1000, seed: int = 0) -> np.ndarray:
+    """AUCs of `n_bootstrap` stratified resamples: members and non-members are resampled separately, so
+    every resample keeps the group sizes (and the AUC stays defined). Chunked to bound memory."""
+    s, m = _validate(scores, is_member)
+    member, nonmember = s[m], s[~m]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // len(s))
+    aucs = []
+    for start in range(0, n_bootstrap, chunk):
+        rows = min(chunk, n_bootstrap - start)
+        i1 = rng.integers(0, len(member), size=(rows, len(member)))
+        i0 = rng.integers(0, len(nonmember), size=(rows, len(nonmember)))
+        aucs.append(_auc_rows(member[i1], nonmember[i0]))
+    return np.concatenate(aucs) if aucs else np.empty(0)
+
+
+def best_balanced_threshold(scores, is_member) -> float:
+    """Threshold maximising balanced accuracy (a member is predicted when score >= threshold).
+
+    Placed midway between the best score and the next lower one, which classifies the given data
+    identically but leaves a margin for new data (attacks choose it on shadow data, then apply it).
+    """
+    s, m = _validate(scores, is_member)
+    fpr, tpr, thresholds = roc_curve(s, m)
+    n1, n0 = m.sum(), (~m).sum()
+    # balanced accuracy * 2 * n1 * n0 in exact integer arithmetic, so ties break reproducibly (first =
+    # highest threshold); index 0, the +inf "predict nothing" point, is skipped
+    scaled = np.rint(tpr * n1) * n0 + np.rint((1 - fpr) * n0) * n1
+    best = int(np.argmax(scaled[1:])) + 1
+    if best + 1 < len(thresholds):
+        mid = (thresholds[best] + thresholds[best + 1]) / 2
+        if thresholds[best + 1] < mid < thresholds[best]:
+            return float(mid)
+    return float(thresholds[best])
+
+
+def _fpr_label(f: float) -> str:
+    return f"{f * 100:g}%"
+
+
+def membership_metrics(
+    scores, is_member, *, threshold: float | None = None, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
+    """All membership metrics of one attack on one query set, keyed as in the MLflow schema.
+
+    `threshold` should be the one the attack chose on shadow data (the honest setting, which the grid
+    uses). With None, precision / recall / balanced accuracy are taken at the threshold that maximises
+    balanced accuracy on THESE scores: an optimistic upper bound, useful only for diagnostics.
+    Metrics the data cannot support are None, with the reason under `missing`.
+    """
+    s, m = _validate(scores, is_member)
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+        raise SegleakError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}")
+    n1, n0 = int(m.sum()), int((~m).sum())
+    missing: dict[str, str] = {}
+    out: dict = {"auc": float(_auc_rows(s[m][None], s[~m][None])[0])}
+
+    if n_bootstrap:
+        low, high = np.percentile(bootstrap_auc(s, m, n_bootstrap, seed), [2.5, 97.5])
+        out["auc_ci_low"], out["auc_ci_high"] = float(low), float(high)
+    else:
+        out["auc_ci_low"] = out["auc_ci_high"] = None
+        missing["auc_ci_low"] = missing["auc_ci_high"] = "n_bootstrap=0: no confidence interval"
+
+    fpr, tpr, _ = roc_curve(s, m)
+    for key, f in TPR_TARGETS.items():
+        needed = int(round(1 / f))
+        if n0 >= needed:
+            out[key] = float(tpr[fpr <= f].max())
+        else:
+            out[key] = None
+            missing[key] = f"needs >= {needed} non-members to resolve FPR {_fpr_label(f)}, have {n0}"
+
+    thr = best_balanced_threshold(s, m) if threshold is None else float(threshold)
+    pred = s >= thr
+    tp, fp = int((pred & m).sum()), int((pred & ~m).sum())
+    recall, tnr = tp / n1, 1 - fp / n0
+    out["balanced_accuracy"] = (recall + tnr) / 2
+    if tp + fp:
+        out["precision"] = tp / (tp + fp)
+    else:
+        out["precision"] = None
+        missing["precision"] = f"no image scored >= threshold {thr:g}: precision undefined"
+    out.update(recall=recall, n_members=n1, n_nonmembers=n0, threshold=thr, missing=missing)
+    return out
