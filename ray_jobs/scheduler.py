@@ -1,0 +1,126 @@
+"""Runs a plan's units on Ray in dependency order.
+
+The driver holds the DAG: a unit is submitted as a Ray task once every unit it reads is finished, at most
+`max_concurrent` at a time. Ray retries a failing task (`retries` from the grid); a unit that still fails
+is recorded with its error and only the units downstream of it are skipped, so one bad cell never stops
+unrelated ones. Each finished unit prints one line, instead of Ray's log stream.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+
+from ray_jobs.plan import Plan, Unit
+from ray_jobs.store import ResultStore
+from ray_jobs.units import execute
+
+STAGE_OF_KIND = {"model": "train", "release": "release", "attack": "attack", "cell": "cell"}
+DEFAULT_RESOURCES = {"train": {"cpu": 1, "gpu": 0}, "release": {"cpu": 1, "gpu": 0},
+                     "attack": {"cpu": 1, "gpu": 0}, "cell": {"cpu": 1, "gpu": 0}}
+
+
+@dataclass
+class Outcome:
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)    # key -> unit summary
+    cached: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)             # key -> one-line error
+    compute_seconds: float = 0.0
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the task's own exception
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]
+
+
+class Scheduler:
+    def __init__(self, plan: Plan, store: ResultStore, resources: dict[str, dict[str, float]], retries: int,
+                 max_concurrent: int | None, on_done: Callable[[Unit, dict[str, Any]], None],
+                 on_failed: Callable[[Unit, str], None], stream=sys.stdout) -> None:
+        self.plan, self.store, self.retries = plan, store, retries
+        self.resources = {stage: {**DEFAULT_RESOURCES[stage], **resources.get(stage, {})} for stage in DEFAULT_RESOURCES}
+        self.max_concurrent = max_concurrent or 10**6
+        self.on_done, self.on_failed, self.stream = on_done, on_failed, stream
+        self._remote = ray.remote(execute)
+
+    def _submit(self, unit: Unit) -> ray.ObjectRef:
+        res = self.resources[STAGE_OF_KIND[unit.kind]]
+        threads = max(1, int(res["cpu"]))
+        return self._remote.options(
+            num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=self.retries, retry_exceptions=True,
+            name=f"segleak-{unit.kind}",
+        ).remote(unit.kind, unit.key, unit.config, str(self.store.root), threads)
+
+    def _print(self, n_finished: int, total: int, mark: str, unit: Unit, detail: str) -> None:
+        print(f"[{n_finished:>4}/{total}] {mark} {unit.kind:<7} {unit.label}  {detail}", file=self.stream, flush=True)
+
+    def run(self) -> Outcome:
+        outcome = Outcome()
+        units = self.plan.topological()
+        total = len(units)
+        for unit in units:
+            if self.store.is_done(unit.kind, unit.key):
+                outcome.cached.add(unit.key)
+                outcome.done[unit.key] = self.store.read_unit(unit.kind, unit.key)["summary"]
+        print(f"{total} units in the plan: {len(outcome.cached)} already finished, {total - len(outcome.cached)} to run",
+              file=self.stream, flush=True)
+        for unit in units:
+            if unit.key in outcome.cached:
+                self.on_done(unit, outcome.done[unit.key])
+        waiting = [u for u in units if u.key not in outcome.cached]
+        in_flight: dict[ray.ObjectRef, tuple[Unit, float]] = {}
+        finished = len(outcome.cached)
+        while waiting or in_flight:
+            for unit in list(waiting):
+                upstream_failed = [d for d in unit.deps if d in outcome.failed]
+                if upstream_failed:
+                    waiting.remove(unit)
+                    error = f"skipped: upstream unit {upstream_failed[0]} failed ({outcome.failed[upstream_failed[0]]})"
+                    outcome.failed[unit.key] = error
+                    finished += 1
+                    self._print(finished, total, "-", unit, error)
+                    self.on_failed(unit, error)
+                elif len(in_flight) < self.max_concurrent and all(d in outcome.done for d in unit.deps):
+                    waiting.remove(unit)
+                    in_flight[self._submit(unit)] = (unit, time.time())
+            if not in_flight:
+                if waiting:  # cannot happen for a plan built by build_plan; guards against a silent spin
+                    raise RuntimeError(f"scheduler stalled: {waiting[0].key} waits on units that never ran")
+                break
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                unit, started = in_flight.pop(ref)
+                finished += 1
+                try:
+                    summary = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a failed unit is reported, not fatal
+                    error = _one_line(exc)
+                    outcome.failed[unit.key] = error
+                    self._print(finished, total, "x", unit, f"FAILED after {self.retries} retries: {error}")
+                    self.on_failed(unit, error)
+                    continue
+                elapsed = time.time() - started
+                outcome.compute_seconds += float(self.store.read_unit(unit.kind, unit.key).get("seconds", 0.0))
+                outcome.done[unit.key] = summary
+                self._print(finished, total, "+", unit, _brief(unit, summary, elapsed))
+                self.on_done(unit, summary)
+        return outcome
+
+
+def _brief(unit: Unit, summary: dict[str, Any], elapsed: float) -> str:
+    if unit.kind == "model":
+        text = f"mIoU train {summary.get('miou_train', float('nan')):.3f} / held-out {summary.get('miou_heldout', float('nan')):.3f}"
+        if "dp_epsilon" in summary:
+            text += f", eps {summary['dp_epsilon']:.2f}"
+    elif unit.kind == "cell":
+        text = f"AUC {summary['auc']:.3f} [{summary['auc_ci_low']:.3f}, {summary['auc_ci_high']:.3f}]"
+    elif unit.kind == "attack":
+        text = f"shadow AUC {summary.get('shadow_auc', float('nan')):.3f}"
+    else:
+        text = f"{summary.get('n_images', '?')} images"
+    return f"{text}  ({elapsed:.1f} s)"
