@@ -64,7 +64,9 @@ def test_apply_output_defense_dispatch_and_validation() -> None:
     assert torch.equal(output.apply_output_defense("argmax", p, {}), output.argmax(p))
     assert torch.equal(output.apply_output_defense("topk", p, {"k": 2}), output.topk(p, 2))
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    assert torch.equal(output.apply_output_defense("gaussian", p, {"sigma": 0.2}, g1), output.gaussian(p, 0.2, g2))
+    assert torch.equal(
+        output.apply_output_defense("gaussian", p, {"sigma": 0.2}, g1), output.gaussian(p, 0.2, g2)
+    )
     for name, params in [
         ("blur", {}),
         ("gaussian", {"sigma": -1.0}),

@@ -12,8 +12,18 @@ from benchmark.metrics import membership_metrics, roc_curve
 from benchmark.metrics.membership import best_balanced_threshold
 
 KEYS = {
-    "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy",
-    "precision", "recall", "n_members", "n_nonmembers", "threshold", "missing",
+    "auc",
+    "auc_ci_low",
+    "auc_ci_high",
+    "tpr_at_1pct_fpr",
+    "tpr_at_0.1pct_fpr",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "n_members",
+    "n_nonmembers",
+    "threshold",
+    "missing",
 }
 
 

@@ -27,7 +27,9 @@ def test_confusion_accumulates_and_validates() -> None:
     target = torch.randint(0, 5, (2, 6, 6), generator=g)
     pred = torch.randint(0, 5, (2, 6, 6), generator=g)
     both = confusion_matrix(pred, target, 5)
-    assert torch.equal(both, confusion_matrix(pred[:1], target[:1], 5) + confusion_matrix(pred[1:], target[1:], 5))
+    assert torch.equal(
+        both, confusion_matrix(pred[:1], target[:1], 5) + confusion_matrix(pred[1:], target[1:], 5)
+    )
     assert both.sum() == target.numel()
     assert miou(confusion_matrix(target, target, 5)) == 1.0
     with pytest.raises(SegleakError):

@@ -16,7 +16,7 @@ HARD_SLM_SCALE = 50.0  # the authors' code divides the SLM of argmax (one-hot) o
 
 
 def label_mask(probs: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """Validate shapes; return the mask of labelled pixels and labels with ignored ones set to 0 (safe for gather)."""
+    """Validate shapes; return the labelled-pixel mask and labels with ignored ones set to 0 (for gather)."""
     if probs.dim() != 4 or labels.shape != (probs.shape[0], *probs.shape[2:]):
         raise SegleakError(
             f"expected probs [B,C,H,W] and labels [B,H,W], got {tuple(probs.shape)} and {tuple(labels.shape)}"
@@ -24,14 +24,12 @@ def label_mask(probs: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
     if safe.numel() and (safe.min() < 0 or safe.max() >= probs.shape[1]):
-        raise SegleakError(
-            f"labels must lie in [0, {probs.shape[1]}) or equal ignore_index={ignore_index}"
-        )
+        raise SegleakError(f"labels must lie in [0, {probs.shape[1]}) or equal ignore_index={ignore_index}")
     return valid, safe
 
 
 def structured_loss_map(probs: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
-    """Per-pixel cross-entropy `-log(max(p_y, EPS))` as `[B,1,H,W]`, 0 at ignored pixels (the paper's SLM)."""
+    """Per-pixel cross-entropy `-log(max(p_y, EPS))` `[B,1,H,W]`, 0 at ignored pixels (the paper's SLM)."""
     valid, safe = label_mask(probs, labels, ignore_index)
     p_y = probs.gather(1, safe.unsqueeze(1))
     loss = -p_y.clamp_min(EPS).log()
@@ -39,7 +37,7 @@ def structured_loss_map(probs: Tensor, labels: Tensor, ignore_index: int = 255) 
 
 
 def concatenation(probs: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
-    """Posteriors stacked with the one-hot ground truth `[B,2C,H,W]`; ignored pixels get an all-zero one-hot."""
+    """Posteriors stacked with the one-hot ground truth `[B,2C,H,W]`; ignored pixels: all-zero one-hot."""
     valid, safe = label_mask(probs, labels, ignore_index)
     onehot = torch.nn.functional.one_hot(safe, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     return torch.cat([probs, onehot * valid.unsqueeze(1).to(probs.dtype)], dim=1)

@@ -1,1 +1,1 @@
-"""Defenses against membership inference. `output` holds the output-side ones (applied to released posteriors)."""
+"""Defenses against membership inference; `output` holds those applied to the released posteriors."""

@@ -33,7 +33,7 @@ def gaussian(probs: Tensor, sigma: float, generator: torch.Generator | None = No
 
 
 def temperature(probs: Tensor, t: float) -> Tensor:
-    """Re-soften the posterior as softmax(log p / t): t > 1 flattens it (hides confidence), t = 1 is identity."""
+    """Re-soften the posterior as softmax(log p / t): t > 1 flattens it, t = 1 is a no-op."""
     return torch.softmax(probs.clamp_min(_LOG_FLOOR).log() / t, dim=1)
 
 
