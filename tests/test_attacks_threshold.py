@@ -1,5 +1,7 @@
 """Threshold attacks on synthetic per-image statistics."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -42,6 +44,17 @@ def test_pixel_accuracy_threshold() -> None:
     assert 0.8 < attack.threshold < 0.9
     assert (attack.score(rng.uniform(0.9, 1.0, 50)) >= attack.threshold).all()
     assert (attack.score(rng.uniform(0.5, 0.8, 50)) < attack.threshold).all()
+
+
+def test_state_round_trip() -> None:
+    rng = np.random.default_rng(3)
+    fitted = (
+        LossThresholdAttack(rule="balanced").fit(*_losses(rng)),
+        PixelAccuracyThresholdAttack().fit(rng.uniform(0.9, 1.0, 50), rng.uniform(0.5, 0.8, 50)),
+    )
+    for attack in fitted:
+        again = type(attack).from_state(json.loads(json.dumps(attack.state())))
+        assert again.threshold == attack.threshold and again.state() == attack.state()
 
 
 def test_threshold_attacks_refuse_bad_statistics() -> None:

@@ -57,6 +57,17 @@ class LossThresholdAttack:
         """Membership score -loss per image (NaN passes through; metrics refuse it)."""
         return -np.asarray(stat, dtype=np.float64)
 
+    def state(self) -> dict:
+        """JSON-able fitted state, so the grid can store the attack and score victims later."""
+        return {"rule": self.rule, "threshold": self.threshold}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LossThresholdAttack":
+        """Rebuild a fitted attack from `state()`."""
+        attack = cls(rule=state["rule"])
+        attack.threshold = state["threshold"]
+        return attack
+
 
 class PixelAccuracyThresholdAttack:
     """Label-only attack: members' predictions match their ground truth better.
@@ -78,3 +89,14 @@ class PixelAccuracyThresholdAttack:
     def score(self, stat) -> np.ndarray:
         """Membership score = pixel accuracy per image."""
         return np.asarray(stat, dtype=np.float64)
+
+    def state(self) -> dict:
+        """JSON-able fitted state, so the grid can store the attack and score victims later."""
+        return {"threshold": self.threshold}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PixelAccuracyThresholdAttack":
+        """Rebuild a fitted attack from `state()`."""
+        attack = cls()
+        attack.threshold = state["threshold"]
+        return attack
