@@ -1,0 +1,193 @@
+"""Comparison plots of one invocation (PNG and SVG): ROC, privacy-utility frontier, overlap heatmap,
+AUC against the Gaussian sigma and the DP epsilon, dependent vs independent setting.
+
+Summary plots show, per defense setting, the strongest attack under the attacker's best shadow overlap and
+architecture (`aggregate.worst_case`): the leakage a defense leaves in the worst case.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.ticker import NullFormatter
+
+from analysis.aggregate import AUC_CHANCE, aggregate, strongest, worst_case
+from analysis.figures import new_figure, save, skip, slug
+from analysis.roc import write_roc_plots
+from analysis.runs import load_runs, parse_params
+
+MARKERS = "osD^vP*X"
+SETTING_KEYS = ["setting", "dataset", "shadow_dataset"]
+
+
+def _setting_name(setting: str, dataset: str, shadow: str) -> str:
+    return f"{setting} ({dataset} victim, {shadow} shadow)"
+
+
+def _yerr(rows: pd.DataFrame) -> np.ndarray:
+    """Asymmetric error bars from the mean bootstrap interval; 0 where none was logged."""
+    low = (rows["auc_mean"] - rows["auc_ci_low_mean"]).fillna(0).clip(lower=0)
+    high = (rows["auc_ci_high_mean"] - rows["auc_mean"]).fillna(0).clip(lower=0)
+    return np.vstack([low.to_numpy(), high.to_numpy()])
+
+
+def pareto_front(utility: np.ndarray, leakage: np.ndarray) -> np.ndarray:
+    """Mask of points no other point beats on both axes (higher utility, lower leakage)."""
+    better_or_equal = (utility[None, :] >= utility[:, None]) & (leakage[None, :] <= leakage[:, None])
+    strictly = (utility[None, :] > utility[:, None]) | (leakage[None, :] < leakage[:, None])
+    return ~(better_or_equal & strictly).any(axis=1)
+
+
+def _frontier_panel(ax: Axes, rows: pd.DataFrame, metric: str, ylabel: str, chance: float,
+                    colours: dict[str, tuple], markers: dict[str, str]) -> None:
+    rows = rows.dropna(subset=["victim_miou_mean", metric])
+    for row in rows.itertuples():
+        ax.scatter(row.victim_miou_mean, getattr(row, metric), s=55, color=colours[row.defense_label],
+                   marker=markers[row.victim_arch], edgecolor="k", linewidth=0.5, zorder=3)
+    if len(rows):
+        mask = pareto_front(rows["victim_miou_mean"].to_numpy(), rows[metric].to_numpy())
+        front = rows[mask].sort_values("victim_miou_mean")
+        ax.plot(front["victim_miou_mean"], front[metric], "k--", lw=1, zorder=2, label="Pareto front")
+        for i, row in enumerate(front.itertuples()):
+            ax.annotate(row.defense_label, (row.victim_miou_mean, getattr(row, metric)), fontsize=7,
+                        xytext=(6, 8 if i % 2 else -12), textcoords="offset points")
+    ax.axhline(chance, c="0.6", ls=":", lw=1, label="chance")
+    ax.set(xlabel="Victim mIoU on held-out data (utility, higher is better)", ylabel=ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def _legend_handles(ax: Axes, colours: dict[str, tuple], markers: dict[str, str]) -> list:
+    handles = [ax.scatter([], [], color=c, marker="s", label=label) for label, c in colours.items()]
+    handles += [ax.scatter([], [], color="w", edgecolor="k", marker=m, label=f"victim {arch}") for arch, m in markers.items()]
+    return handles
+
+
+def plot_frontier(worst: pd.DataFrame, out: Path) -> list[Path]:
+    """Privacy-utility frontier per setting: AUC and TPR@1%FPR against victim mIoU, Pareto front marked."""
+    if worst.empty or worst["victim_miou_mean"].isna().all():
+        return skip("privacy-utility frontier", "no cell with both an AUC and a victim mIoU")
+    palette = colormaps["tab20"].colors
+    labels = list(dict.fromkeys(worst.sort_values("defense_rank")["defense_label"]))
+    colours = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    markers = {arch: MARKERS[i % len(MARKERS)] for i, arch in enumerate(sorted(worst["victim_arch"].unique()))}
+    paths = []
+    for key, rows in worst.groupby(SETTING_KEYS, sort=True):
+        fig = new_figure(12, 6.2)
+        left, right = fig.subplots(1, 2)
+        _frontier_panel(left, rows, "auc_mean", "Attack ROC-AUC (privacy leakage, lower is better)", AUC_CHANCE, colours, markers)
+        _frontier_panel(right, rows, "tpr_at_1pct_fpr_mean", "TPR at 1% FPR (lower is better)", 0.01, colours, markers)
+        used = {label: c for label, c in colours.items() if label in set(rows["defense_label"])}
+        fig.legend(handles=_legend_handles(left, used, markers), loc="outside lower center", fontsize=8,
+                   ncols=min(5, len(used) + len(markers)))
+        fig.suptitle(f"Privacy-utility frontier, {_setting_name(*key)}\n"
+                     "strongest attack at the worst-case shadow overlap and architecture")
+        paths += save(fig, out, slug("frontier", *key))
+    return paths
+
+
+def plot_overlap_heatmap(best: pd.DataFrame, out: Path) -> list[Path]:
+    """AUC of the undefended victim over shadow overlap x architecture, one panel per setting."""
+    undefended = best[best["defense"] == "none"]
+    panels = [(k, r) for k, r in undefended.groupby(SETTING_KEYS, sort=True) if len(r) > 1]
+    if not panels:
+        return skip("overlap heatmap", "fewer than two undefended cells in every setting")
+    fig = new_figure(4.5 * len(panels) + 1.2, 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    image = None
+    for ax, (key, rows) in zip(axes, panels):
+        rows = rows.assign(arch=[v if v == s else f"{v} (shadow {s})" for v, s in zip(rows["victim_arch"], rows["shadow_arch"])])
+        grid = rows.pivot_table(index="arch", columns="shadow_overlap", values="auc_mean", aggfunc="mean")
+        spread = rows.pivot_table(index="arch", columns="shadow_overlap", values="auc_std", aggfunc="mean")
+        spread = spread.reindex(index=grid.index, columns=grid.columns)
+        image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=AUC_CHANCE, vmax=1.0, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid.to_numpy()):
+            std = spread.to_numpy()[i, j]
+            text = "—" if math.isnan(value) else f"{value:.3f}" + ("" if math.isnan(std) else f"\n± {std:.3f}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="w" if value < 0.8 else "k")
+        ax.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), list(grid.index))
+        ax.set(xlabel="Shadow overlap (fraction of shadow members from victim members)", title=_setting_name(*key))
+    fig.colorbar(image, ax=list(axes), label="Attack ROC-AUC (strongest attack)")
+    fig.suptitle("Undefended victim: attack AUC by shadow overlap and architecture")
+    return save(fig, out, "heatmap_overlap_arch")
+
+
+def _trend(worst: pd.DataFrame, out: Path, defense: str, x_of: Callable[[pd.DataFrame], pd.Series],
+           title: str, xlabel: str, xscale: str, stem: str) -> list[Path]:
+    """AUC (with interval) against one defense parameter; the undefended AUC as a dotted reference."""
+    rows = worst[worst["defense"] == defense].assign(x=lambda f: x_of(f)).dropna(subset=["x", "auc_mean"])
+    if rows.empty:
+        return skip(stem, f"no finished {defense} cell with its parameter")
+    fig = new_figure(7.5, 5.6)
+    ax = fig.subplots()
+    palette = colormaps["tab10"].colors
+    for i, (key, line) in enumerate(rows.groupby([*SETTING_KEYS, "victim_arch"], sort=True)):
+        line = line.sort_values("x")
+        colour = palette[i % len(palette)]
+        name = f"{key[3]}, {_setting_name(*key[:3])}"
+        ax.errorbar(line["x"], line["auc_mean"], yerr=_yerr(line), marker="o", capsize=3, color=colour, label=name)
+        base = worst[(worst[SETTING_KEYS + ["victim_arch"]] == list(key)).all(axis=1) & (worst["defense"] == "none")]
+        if len(base):
+            ax.axhline(base["auc_mean"].iloc[0], color=colour, ls=":", lw=1.2, label=f"{name}: undefended")
+    ax.axhline(AUC_CHANCE, c="0.5", ls="--", lw=1, label="chance (0.5)")
+    ax.set(xscale=xscale, xlabel=xlabel, ylabel="Attack ROC-AUC (strongest attack)")
+    ticks = sorted(rows["x"].unique())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, alpha=0.3)
+    fig.legend(fontsize=8, loc="outside lower center")
+    ax.set_title(f"Attack AUC against {title}\n(error bars: bootstrap interval; worst-case shadow overlap)")
+    return save(fig, out, stem)
+
+
+def _sigma(rows: pd.DataFrame) -> pd.Series:
+    return rows["defense_params"].map(lambda p: pd.to_numeric(parse_params(p).get("sigma"), errors="coerce"))
+
+
+def plot_dependent_vs_independent(worst: pd.DataFrame, out: Path) -> list[Path]:
+    """Per victim dataset and arch: each defense's AUC in the dependent and independent settings, side by side."""
+    pairs = worst.groupby(["dataset", "victim_arch"]).filter(lambda g: g["setting"].nunique() > 1)
+    if pairs.empty:
+        return skip("dependent vs independent", "no victim evaluated in both settings")
+    panels = list(pairs.groupby(["dataset", "victim_arch"], sort=True))
+    labels = list(dict.fromkeys(pairs.sort_values("defense_rank")["defense_label"]))
+    fig = new_figure(max(6.0, 0.9 * len(labels) * len(panels)) + 1.5, 4.8)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, ((dataset, arch), rows) in zip(axes, panels):
+        settings = list(rows.groupby(["setting", "shadow_dataset"], sort=True))
+        width = 0.8 / len(settings)
+        for i, ((setting, shadow), line) in enumerate(settings):
+            x = line["defense_label"].map(labels.index).to_numpy() + (i - (len(settings) - 1) / 2) * width
+            ax.errorbar(x, line["auc_mean"], yerr=_yerr(line), fmt=MARKERS[i % len(MARKERS)], capsize=3,
+                        ms=7, label=f"{setting} (shadow {shadow})")
+        ax.axhline(AUC_CHANCE, c="0.5", ls="--", lw=1, label="chance")
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
+        ax.set(title=f"{dataset} victim, {arch}", ylabel="Attack ROC-AUC (strongest attack)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Dependent vs independent shadow data\n(strongest attack, worst-case overlap; error bars: bootstrap interval)")
+    return save(fig, out, "dependent_vs_independent")
+
+
+def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run_id: str | None = None) -> list[Path]:
+    """Every plot that the invocation's data supports, as PNG and SVG in `out`; absent data -> a skip notice."""
+    runs = load_runs(tracking_uri, experiment, parent_run_id)
+    table = aggregate(runs.cells)
+    worst = worst_case(table)
+    return [
+        *write_roc_plots(runs, out),
+        *plot_frontier(worst, out),
+        *plot_overlap_heatmap(strongest(table), out),
+        *_trend(worst, out, "gaussian", _sigma, "the Gaussian output noise",
+                "Gaussian noise σ (std of the noise added to each posterior value)", "linear", "auc_vs_gaussian_sigma"),
+        *_trend(worst, out, "dp_sgd", lambda f: f["dp_epsilon_mean"], "the DP-SGD privacy budget",
+                "DP-SGD privacy budget ε (log scale; mean over seeds)", "log", "auc_vs_dp_epsilon"),
+        *plot_dependent_vs_independent(worst, out),
+    ]

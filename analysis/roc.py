@@ -1,0 +1,90 @@
+"""Log-log ROC curves per defense, from each cell's scores.csv: where low-FPR leakage becomes visible.
+
+One figure per leaderboard row (setting, victim arch, shadow arch, overlap): a panel per defense setting,
+a curve per attack, for the lowest finished seed (curves of different victims are not averaged).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+
+from analysis.figures import new_figure, save, skip, slug
+from analysis.runs import GridRuns, download_scores
+
+ROW_KEYS = ["setting", "dataset", "shadow_dataset", "victim_arch", "shadow_arch", "shadow_overlap"]
+MAX_COLS = 4
+
+
+def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) at every distinct threshold, starting at (0, 0); a higher score means member."""
+    order = np.argsort(-scores, kind="mergesort")
+    ranked, members = scores[order], is_member[order].astype(bool)
+    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    tp, fp = np.cumsum(members)[last_of_tie], np.cumsum(~members)[last_of_tie]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
+def _first_seed_runs(cells: pd.DataFrame) -> pd.DataFrame:
+    done = cells[(cells["status"] == "FINISHED") & (cells["control"] == "none")]
+    return done.sort_values("seed").groupby([*ROW_KEYS, "defense_label", "attack_label"], dropna=False).head(1)
+
+
+def _figure(
+    runs: GridRuns, key: tuple, rows: pd.DataFrame, colours: dict[str, tuple], tmp: Path, out: Path
+) -> list[Path]:
+    setting, dataset, shadow_dataset, arch, shadow_arch, overlap = key
+    labels = [label for _, label in sorted(set(zip(rows["defense_key"], rows["defense_label"])))]
+    curves: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    floor_x, floor_y = 1.0, 1.0
+    for row in rows.itertuples():
+        scores = download_scores(runs.tracking_uri, row.run_id, tmp / row.run_id)
+        if scores is None or scores["is_member"].nunique() < 2:
+            continue
+        fpr, tpr = roc_curve(scores["score"].to_numpy(float), scores["is_member"].to_numpy(int))
+        curves.setdefault(row.defense_label, []).append((row.attack_label, fpr, tpr))
+        floor_x = min(floor_x, 1 / int((scores["is_member"] == 0).sum()))
+        floor_y = min(floor_y, 1 / int((scores["is_member"] == 1).sum()))
+    labels = [label for label in labels if label in curves]
+    name = f"ROC {arch} at overlap {overlap:g} ({dataset} vs {shadow_dataset})"
+    if not labels:
+        return skip(name, "no scores.csv artifact in its cells")
+    ncols = min(MAX_COLS, len(labels))
+    nrows = math.ceil(len(labels) / ncols)
+    fig = new_figure(3.2 * ncols + 1.6, 3.0 * nrows + 0.8)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, label in zip(axes, labels):
+        ax.plot([floor_x, 1], [floor_x, 1], ls="--", c="0.6", lw=1, label="chance")
+        for attack, fpr, tpr in sorted(curves[label], key=lambda c: c[0]):
+            auc = float(np.trapezoid(tpr, fpr))
+            ax.step(fpr, tpr, where="post", c=colours[attack], lw=1.5, label=f"{attack} (AUC {auc:.2f})")
+        ax.set(xscale="log", yscale="log", xlim=(floor_x, 1), ylim=(floor_y, 1.05), title=label)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in axes[len(labels):]:
+        ax.set_visible(False)
+    fig.supxlabel("False positive rate")
+    fig.supylabel("True positive rate")
+    shadow = "" if shadow_arch == arch else f", shadow {shadow_arch}"
+    fig.suptitle(f"Log-log ROC per defense: {setting} setting ({dataset} victim, {shadow_dataset} shadow), "
+                 f"victim {arch}{shadow}, shadow overlap {overlap:g}; lowest seed")
+    return save(fig, out, slug("roc", setting, dataset, shadow_dataset, arch, shadow_arch, f"ov{overlap:g}"))
+
+
+def write_roc_plots(runs: GridRuns, out: Path) -> list[Path]:
+    """One log-log ROC figure per leaderboard row; attack colours are the same in every figure."""
+    chosen = _first_seed_runs(runs.cells)
+    if chosen.empty:
+        return skip("ROC curves", "no finished attack cell")
+    palette = colormaps["tab10"].colors
+    colours = {a: palette[i % len(palette)] for i, a in enumerate(sorted(chosen["attack_label"].unique()))}
+    paths: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="segleak-scores-") as tmp:
+        for key, rows in chosen.groupby(ROW_KEYS, dropna=False, sort=True):
+            paths += _figure(runs, key, rows, colours, Path(tmp), out)
+    return paths

@@ -1,0 +1,215 @@
+"""Reads one invocation's runs out of MLflow: the only module that knows how the grid logs (DESIGN.md schema).
+
+Everything downstream works on two plain DataFrames (cells, models) with typed columns, so the table and
+plot code never touches MLflow and can be tested on frames alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import pandas as pd
+from mlflow.entities import Experiment
+from mlflow.tracking import MlflowClient
+
+from benchmark.errors import SegleakError
+
+KIND_TAG = "segleak.kind"
+PARENT_TAG = "mlflow.parentRunId"
+MISSING_PREFIX = "segleak.missing."
+CELL_METRICS = (
+    "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy",
+    "precision", "recall", "victim_miou", "n_members", "n_nonmembers", "dp_epsilon",
+)
+CELL_PARAMS = (
+    "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",
+    "attack", "representation", "seed", "control",
+)
+MODEL_PARAMS = ("dataset", "arch", "role", "train_defense", "overlap", "seed", "n_train")
+MODEL_METRICS = ("miou_train", "miou_heldout", "dp_epsilon")
+# Output-side defenses first, then training-side ones: the order a reader expects the columns in.
+DEFENSE_ORDER = (
+    "none", "argmax", "gaussian", "temperature", "topk",
+    "dp_sgd", "label_smoothing", "mixup", "weight_decay", "early_stopping",
+)
+_SYMBOLS = {"sigma": "σ", "epsilon": "ε", "target_epsilon": "ε"}
+
+
+@dataclass(frozen=True)
+class GridRuns:
+    """The runs of one invocation: attack cells and trained models, one row per MLflow run."""
+
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    cells: pd.DataFrame
+    models: pd.DataFrame
+
+
+def _kind_filter(kind: str) -> str:
+    return f"tags.`{KIND_TAG}` = '{kind}'"
+
+
+def _resolve_experiment(client: MlflowClient, tracking_uri: str, name: str | None) -> Experiment:
+    """The named experiment, or the newest one holding a segleak invocation."""
+    if name is not None:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise SegleakError(f"no MLflow experiment named {name!r} in {tracking_uri}")
+        return experiment
+    for experiment in client.search_experiments(order_by=["creation_time DESC"]):
+        if client.search_runs([experiment.experiment_id], _kind_filter("invocation"), max_results=1):
+            return experiment
+    raise SegleakError(f"no segleak benchmark runs in {tracking_uri}: run `segleak benchmark` first")
+
+
+def _latest_invocation(client: MlflowClient, tracking_uri: str, experiment: Experiment) -> str:
+    runs = client.search_runs(
+        [experiment.experiment_id], _kind_filter("invocation"), max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        raise SegleakError(f"experiment {experiment.name!r} in {tracking_uri} has no segleak invocation run")
+    return runs[0].info.run_id
+
+
+def _runs_frame(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
+    """Every run of the experiment, flattened like `mlflow.search_runs` (params.*, metrics.*, tags.*)."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=5000, page_token=token)
+        for run in page:
+            row: dict[str, object] = {
+                "run_id": run.info.run_id, "status": run.info.status, "artifact_uri": run.info.artifact_uri,
+            }
+            row.update({f"params.{k}": v for k, v in run.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            return pd.DataFrame(rows, columns=None if rows else ["run_id", "status", "artifact_uri"])
+
+
+def _descendants(frame: pd.DataFrame, root: str) -> pd.DataFrame:
+    """Runs nested under `root` at any depth (the grid may nest cells under model runs)."""
+    children: dict[str, list[str]] = {}
+    for run_id, parent in zip(frame["run_id"], _column(frame, f"tags.{PARENT_TAG}")):
+        if isinstance(parent, str):
+            children.setdefault(parent, []).append(run_id)
+    keep, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in keep:
+                keep.add(child)
+                todo.append(child)
+    return frame[frame["run_id"].isin(keep)]
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name] if name in frame else pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+
+def defense_label(defense: str, params: dict[str, object]) -> str:
+    """'gaussian σ=0.1' style column name; a defense without parameters keeps its bare name."""
+    if not params:
+        return defense
+    parts = []
+    for key in sorted(params):
+        value = params[key]
+        text = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+        parts.append(f"{_SYMBOLS.get(key, key)}={text}")
+    return f"{defense} {', '.join(parts)}"
+
+
+def defense_sort_key(defense: str, params: dict[str, object]) -> tuple:
+    """Known defenses in DEFENSE_ORDER, unknown ones after; parameter values ascending within one."""
+    rank = DEFENSE_ORDER.index(defense) if defense in DEFENSE_ORDER else len(DEFENSE_ORDER)
+    values = tuple((0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)) for _, v in sorted(params.items()))
+    return rank, defense, values
+
+
+def parse_params(text: object) -> dict[str, object]:
+    """defense_params is logged as a JSON string; an empty or absent value means no parameters."""
+    if not isinstance(text, str) or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {"params": text}
+    return value if isinstance(value, dict) else {"params": value}
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _cells(frame: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"run_id": frame["run_id"], "status": frame["status"]})
+    for name in CELL_PARAMS:
+        out[name] = _column(frame, f"params.{name}")
+    for name in CELL_METRICS:
+        out[name] = pd.to_numeric(_column(frame, f"metrics.{name}"), errors="coerce")
+    out["control"] = out["control"].fillna("none")
+    out["shadow_overlap"] = out["shadow_overlap"].map(_float)
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    same = out["shadow_dataset"] == out["dataset"]
+    out["setting"] = _column(frame, "tags.segleak.setting").fillna(same.map({True: "dependent", False: "independent"}))
+    out["error"] = _column(frame, "tags.segleak.error")
+    missing_cols = [c for c in frame.columns if c.startswith(f"tags.{MISSING_PREFIX}")]
+    out["missing"] = [
+        "; ".join(f"{c.removeprefix('tags.' + MISSING_PREFIX)}: {row[c]}" for c in missing_cols if isinstance(row[c], str))
+        for _, row in frame.iterrows()
+    ]
+    params = out["defense_params"].map(parse_params)
+    out["defense_label"] = [defense_label(d, p) for d, p in zip(out["defense"], params)]
+    out["defense_key"] = [defense_sort_key(d, p) for d, p in zip(out["defense"], params)]
+    out["attack_label"] = [
+        a if r in (None, "statistic") or not isinstance(r, str) else f"{a}/{r}"
+        for a, r in zip(out["attack"], out["representation"])
+    ]
+    out["artifact_uri"] = frame["artifact_uri"]
+    return out.reset_index(drop=True)
+
+
+def _models(frame: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"run_id": frame["run_id"], "status": frame["status"]})
+    for name in MODEL_PARAMS:
+        out[name] = _column(frame, f"params.{name}")
+    for name in MODEL_METRICS:
+        out[name] = pd.to_numeric(_column(frame, f"metrics.{name}"), errors="coerce")
+    return out.reset_index(drop=True)
+
+
+def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | None = None) -> GridRuns:
+    """The cells and models of one invocation: `parent_run_id`, else the experiment's latest one."""
+    client = MlflowClient(tracking_uri)
+    resolved = _resolve_experiment(client, tracking_uri, experiment)
+    parent = parent_run_id or _latest_invocation(client, tracking_uri, resolved)
+    frame = _descendants(_runs_frame(client, resolved.experiment_id), parent)
+    kind = _column(frame, f"tags.{KIND_TAG}")
+    return GridRuns(
+        tracking_uri=tracking_uri,
+        experiment=resolved.name,
+        parent_run_id=parent,
+        cells=_cells(frame[kind == "attack"]),
+        models=_models(frame[kind == "model"]),
+    )
+
+
+def download_scores(tracking_uri: str, run_id: str, dst: Path) -> pd.DataFrame | None:
+    """A cell's scores.csv (image_id, is_member, score), or None when the run has none."""
+    client = MlflowClient(tracking_uri)
+    if not any(f.path == "scores.csv" for f in client.list_artifacts(run_id)):
+        return None
+    dst.mkdir(parents=True, exist_ok=True)
+    with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # one bar per file is noise
+        local = client.download_artifacts(run_id, "scores.csv", str(dst))
+    return pd.read_csv(local)
