@@ -65,7 +65,7 @@ def test_fit_patch_attack_learns_and_is_deterministic() -> None:
     assert scores.shape == (60,)
     auc = membership_metrics(scores, member, n_bootstrap=0)["auc"]
     assert auc > 0.9, auc
-    assert elapsed < 20, elapsed
+    assert elapsed < 60, elapsed  # ~3 s on an idle core; generous for a shared 2-core machine
 
     again = fit_patch_attack(_slm_maps(40, True, 0), _slm_maps(24, False, 1), cfg)
     for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=True):

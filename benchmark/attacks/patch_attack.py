@@ -77,7 +77,8 @@ class _CropBatches(IterableDataset):
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def __len__(self) -> int:
-        return -(-2 * self.per_group // self.cfg.batch_size)
+        full, rest = divmod(2 * self.per_group, self.cfg.batch_size)
+        return full + (rest > 1)  # a last batch of one is dropped: BatchNorm cannot train on it
 
     def _group_draw(self, group: Tensor) -> Tensor:
         """per_group indices cycling through shuffled copies of the group (each image ~equally often)."""
@@ -88,7 +89,7 @@ class _CropBatches(IterableDataset):
     def __iter__(self):
         idx = torch.cat([self._group_draw(g) for g in self.groups])
         idx = idx[torch.randperm(len(idx), generator=self.generator)]
-        for batch in idx.split(self.cfg.batch_size):
+        for batch in idx.split(self.cfg.batch_size)[: len(self)]:
             yield random_crops(self.reps, batch, self.cfg.crop, self.generator), self.labels[batch]
 
 
