@@ -1,0 +1,21 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """synthetic_tree(layout, n_train=6, n_val=4, size=(64, 128), seed=0) -> root of a synthetic dataset,
+    written once per session per argument set. Treat it as read-only: copy it before breaking it."""
+    from benchmark.data.synth import ensure_synthetic_dataset
+
+    def make(layout: str, n_train: int = 6, n_val: int = 4, size: tuple[int, int] = (64, 128), seed: int = 0) -> Path:
+        root = tmp_path_factory.getbasetemp() / "synthetic" / f"{layout}-{n_train}-{n_val}-{size[0]}x{size[1]}-{seed}"
+        return ensure_synthetic_dataset(layout, root, n_train, n_val, size, seed)
+
+    return make
