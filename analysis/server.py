@@ -1,0 +1,139 @@
+"""A real `mlflow server` as a context manager: UI and REST API for any backend store (SQLite, PostgreSQL).
+
+The server runs in its own process group and is stopped by signalling the whole group, because stopping
+only its PID leaves worker children behind (STACK_NOTES.md). The job runner is disabled for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from benchmark.errors import SegleakError
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+
+
+def free_port(host: str = HOST) -> int:
+    """A port the OS says is free right now on `host`."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """Whether something listens on the port (connections in TIME_WAIT do not count, as for the server)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def default_artifacts(backend_store_uri: str) -> Path:
+    """Artifacts next to a SQLite database; elsewhere (a database server) in ./mlartifacts."""
+    if backend_store_uri.startswith("sqlite:///"):
+        return Path(backend_store_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    return Path.cwd() / "mlartifacts"
+
+
+class TrackingServer:
+    """`with TrackingServer(uri) as server:` -> `server.url` answers /health until the block ends."""
+
+    def __init__(self, backend_store_uri: str, port: int | None = None, artifacts_destination: Path | None = None,
+                 workers: int = 1, start_timeout_s: float = START_TIMEOUT_S) -> None:
+        self.backend_store_uri = backend_store_uri
+        self.port = port or free_port()
+        self.artifacts_destination = artifacts_destination or default_artifacts(backend_store_uri)
+        self.workers = workers
+        self.start_timeout_s = start_timeout_s
+        self.url = f"http://{HOST}:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(self.port),
+            "--workers", str(self.workers), "--backend-store-uri", self.backend_store_uri,
+            "--artifacts-destination", str(self.artifacts_destination),
+        ]
+
+    def start(self) -> "TrackingServer":
+        """Start the server and wait for /health; a server that dies or never answers raises SegleakError."""
+        if port_in_use(self.port):
+            raise SegleakError(f"port {self.port} on {HOST} is in use: choose another with --port")
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SegleakError(f"mlflow server for {self.backend_store_uri} exited with {self.process.returncode}: {self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise SegleakError(f"mlflow server for {self.backend_store_uri} did not answer on {self.url} within "
+                           f"{self.start_timeout_s:.0f} s: {self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, chars: int = 2000) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-chars:].strip()
+
+    def group_alive(self) -> bool:
+        """Whether any process of the server's process group is still running."""
+        if self.process is None:
+            return False
+        self.process.poll()  # reap the leader if it has exited, so it does not count as alive
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group, SIGKILL whatever is left after STOP_TIMEOUT_S."""
+        if self.process is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while self.group_alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not self.group_alive():
+                break
+        self._log.close()
+
+    def wait(self) -> int:
+        """Block until the server exits by itself (used by `segleak ui`)."""
+        assert self.process is not None, "start() first"
+        return self.process.wait()
+
+    def __enter__(self) -> "TrackingServer":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
