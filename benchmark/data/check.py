@@ -58,6 +58,8 @@ class CheckReport:
         if self.usable:
             counts = ", ".join(f"{split} {n}" for split, n in self.counts.items())
             return [f"{self.dataset} at {self.root}: OK, image/label pairs: {counts}"]
+        if "root" in self.problems:
+            return [f"{self.dataset}: dataset root {self.root} does not exist or is not a folder"]
         out = []
         for kind, text in PROBLEMS.items():
             if kind in self.problems:
@@ -110,8 +112,9 @@ def check_dataset(dataset: str, root: Path) -> CheckReport:
         images, labels = adapter.image_files(root, split), adapter.label_files(root, split)
         if dataset == "cityscapes" and not labels and any(adapter.label_dir(root, split).glob("*/*_labelIds.png")):
             report.add("no_trainids", adapter.label_dir(root, split), ": run `segleak data prepare --dataset cityscapes`")
-        for stem in sorted(images.keys() - labels.keys()):
-            report.add("missing_label", images[stem])
+        else:
+            for stem in sorted(images.keys() - labels.keys()):
+                report.add("missing_label", images[stem])
         for stem in sorted(labels.keys() - images.keys()):
             report.add("missing_image", labels[stem])
         paired = sorted(images.keys() & labels.keys())
