@@ -24,7 +24,7 @@ model = dict(
         num_classes={{_base_.num_classes}},
         norm_cfg={{_base_.norm_cfg}},
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, avg_non_ignore=True, loss_weight=1.0)),
     auxiliary_head=dict(
         type='FCNHead',
         in_channels=1024,
@@ -36,4 +36,4 @@ model = dict(
         num_classes={{_base_.num_classes}},
         norm_cfg={{_base_.norm_cfg}},
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)))
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, avg_non_ignore=True, loss_weight=0.4)))

@@ -1,0 +1,156 @@
+"""Lightning training of the tiny architectures on synthetic data: loss, membership bookkeeping, determinism,
+checkpoints, mIoU through the module's metric path, training-side defenses and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmark.data.adapters import get_adapter
+from benchmark.defenses.training import resolve_training_defense
+from benchmark.errors import SegleakError
+from benchmark.models.lightning_module import SegmentationModule
+from benchmark.models.train import TrainConfig, load_model, train_model
+
+TINY = ["pspnet_tiny", "upernet_tiny", "deeplabv3plus_tiny", "segformer_tiny"]
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_tree):
+    root = synthetic_tree("cityscapes", n_train=10, n_val=4)
+    ids = [s.id for s in get_adapter("cityscapes").list_samples(root)]
+    train = [i for i in ids if i.startswith("train/")]
+    # members: 6 of the train split; held out: the other 4 train images (never fed to training)
+    return root, train[:6], train[6:]
+
+
+def _cfg(arch="pspnet_tiny", **kw) -> TrainConfig:
+    base = dict(arch=arch, epochs=4, batch_size=3, lr=3e-3, image_size=(32, 64))
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("arch", TINY)
+def test_tiny_trains_loss_decreases_and_reads_exactly_the_members(arch, data, tmp_path):
+    root, members, heldout = data
+    result = train_model(_cfg(arch), "cityscapes", root, members, heldout, tmp_path)
+    m = result.metrics
+    assert m["train_loss_last"] < m["train_loss_first"]
+    assert set(result.seen_train_ids) == set(members)
+    assert 0 <= m["miou_train"] <= 1 and 0 <= m["miou_heldout"] <= 1
+    assert m["n_train"] == len(members)
+    assert json.loads((tmp_path / "metrics.json").read_text())["miou_train"] == pytest.approx(m["miou_train"])
+
+
+def test_same_seed_same_weights_other_seed_other_weights(data, tmp_path):
+    root, members, heldout = data
+    runs = [
+        train_model(_cfg(epochs=2, seed=seed), "cityscapes", root, members, heldout, tmp_path / str(i))
+        for i, seed in enumerate([7, 7, 8])
+    ]
+    sd = [torch.load(r.checkpoint, weights_only=True)["state_dict"] for r in runs]
+    assert sd[0].keys() == sd[1].keys()
+    assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
+    assert runs[0].metrics["train_loss_last"] == runs[1].metrics["train_loss_last"]
+    assert not all(torch.equal(sd[0][k], sd[2][k]) for k in sd[0])
+
+
+def test_checkpoint_loads_with_weights_only(data, tmp_path):
+    root, members, heldout = data
+    result = train_model(_cfg(epochs=1), "cityscapes", root, members, heldout, tmp_path)
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["arch"] == "pspnet_tiny" and payload["norm"] == "BN" and payload["train_ids"] == members
+    model, meta = load_model(result.checkpoint)
+    assert "state_dict" not in meta and meta["metrics"]["n_train"] == len(members)
+    assert all(torch.equal(v, payload["state_dict"][k]) for k, v in model.state_dict().items())
+    assert not model.training
+
+
+def test_miou_through_the_module_metric_path():
+    module = SegmentationModule("pspnet_tiny", eval_names=("heldout",))
+    labels = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 255]]])
+    pred = torch.tensor([[[0, 1, 1, 1], [2, 0, 2, 0]]])
+    logits = torch.nn.functional.one_hot(pred, 19).permute(0, 3, 1, 2).float()
+    module.accumulate_confusion(0, logits, labels)
+    # class 0: tp 1, union 3; class 1: tp 2, union 3; class 2: tp 1, union 2; classes 3..18 absent -> skipped
+    assert module.eval_mious() == {"miou_heldout": pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)}
+    # a second batch adds up (accumulated confusion, not a mean of per-batch mIoUs)
+    module.accumulate_confusion(0, torch.nn.functional.one_hot(labels.clamp(max=2), 19).permute(0, 3, 1, 2).float(), labels)
+    # class 0: tp 3, gt 4, pred 4 -> 3/5; class 1: tp 4, gt 4, pred 5 -> 4/5; class 2: tp 3, gt 4, pred 3 -> 3/4
+    assert module.eval_mious()["miou_heldout"] == pytest.approx((3 / 5 + 4 / 5 + 3 / 4) / 3)
+
+
+def test_low_resolution_logits_are_upsampled_to_the_labels():
+    module = SegmentationModule("pspnet_tiny", eval_names=("train",))
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[:, :, 4:] = 1
+    logits = torch.zeros(1, 19, 2, 2)
+    logits[:, 0, :, 0] = 5
+    logits[:, 1, :, 1] = 5
+    module.accumulate_confusion(0, logits, labels)
+    assert module.eval_mious()["miou_train"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("defense", "params"),
+    [("label_smoothing", {"eps": 0.1}), ("mixup", {"alpha": 0.4}), ("weight_decay", {"value": 0.05})],
+)
+def test_training_defenses_train_and_change_the_model(defense, params, data, tmp_path):
+    root, members, heldout = data
+    plain = train_model(_cfg(epochs=2), "cityscapes", root, members, heldout, tmp_path / "plain")
+    defended = train_model(
+        _cfg(epochs=2, defense=defense, defense_params=params), "cityscapes", root, members, heldout, tmp_path / "d"
+    )
+    assert set(defended.seen_train_ids) == set(members)
+    a = torch.load(plain.checkpoint, weights_only=True)["state_dict"]
+    b = torch.load(defended.checkpoint, weights_only=True)["state_dict"]
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_is_a_reduced_epoch_budget(data, tmp_path):
+    root, members, heldout = data
+    cfg = _cfg(epochs=4, defense="early_stopping", defense_params={"fraction": 0.5})
+    assert train_model(cfg, "cityscapes", root, members, heldout, tmp_path).metrics["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("defense", "params", "match"),
+    [
+        ("dropout", {}, "unknown training defense 'dropout'"),
+        ("label_smoothing", {"eps": 1.5}, "eps in"),
+        ("mixup", {}, "takes parameters"),
+        ("dp_sgd", {"max_grad_norm": 1.0}, "exactly one of"),
+        ("dp_sgd", {"max_grad_norm": 1.0, "noise_multiplier": 1.0, "target_epsilon": 3.0}, "exactly one of"),
+        ("weight_decay", {"value": "lots"}, "finite number"),
+    ],
+)
+def test_bad_training_defense_is_named(defense, params, match):
+    with pytest.raises(SegleakError, match=match):
+        resolve_training_defense(defense, params, epochs=4, weight_decay=0.0)
+
+
+def test_unknown_member_id_is_named(data, tmp_path):
+    root, members, heldout = data
+    with pytest.raises(SegleakError, match="train/nowhere_000000_000019"):
+        train_model(_cfg(), "cityscapes", root, members + ["train/nowhere_000000_000019"], heldout, tmp_path)
+
+
+def test_member_also_held_out_is_refused(data, tmp_path):
+    root, members, heldout = data
+    with pytest.raises(SegleakError, match=repr(members[0])):
+        train_model(_cfg(), "cityscapes", root, members, [members[0]], tmp_path)
+
+
+def test_nan_loss_names_the_epoch(data, tmp_path, monkeypatch):
+    root, members, heldout = data
+    real = SegmentationModule.training_loss
+
+    def nan_in_second_epoch(self, images, labels):
+        loss = real(self, images, labels)
+        return loss * float("nan") if self.current_epoch == 1 else loss
+
+    monkeypatch.setattr(SegmentationModule, "training_loss", nan_in_second_epoch)
+    with pytest.raises(SegleakError, match="epoch 1"):
+        train_model(_cfg(epochs=3), "cityscapes", root, members, heldout, tmp_path)
+    assert not (tmp_path / "model.pt").exists()
