@@ -60,7 +60,7 @@ def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=[*keys, "status", "strongest", "auc_mean"])
     rows = [
         {**dict(zip(keys, key)), **_aggregate_group(group)}
-        for key, group in cells.groupby(keys, dropna=False, sort=False)
+        for key, group in cells.sort_values("seed").groupby(keys, dropna=False, sort=False)
     ]
     table = pd.DataFrame(rows)
     ranks = {key: rank for rank, key in enumerate(sorted(set(table["defense_key"])))}

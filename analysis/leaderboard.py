@@ -71,7 +71,7 @@ def _score_cell(group: pd.DataFrame) -> Cell:
     best = group[group["strongest"]]
     if best.empty:
         failed = (group["status"] == "failed").any()
-        errors = "; ".join(e for e in group["error"] if e)
+        errors = "; ".join(dict.fromkeys(e for error in group["error"] for e in error.split("; ") if e))
         return Cell(["failed" if failed else "unfinished"], state="failed", title=errors or "no finished run")
     row = best.iloc[0]
     lines = [
