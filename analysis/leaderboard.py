@@ -133,8 +133,24 @@ def _placebo_section(setting_key: tuple, table: pd.DataFrame) -> Section:
     return section
 
 
-def build_sections(table: pd.DataFrame) -> list[Section]:
-    """Score tables per dataset setting, then the placebo controls of that setting."""
+def _victims_section(models: pd.DataFrame) -> Section:
+    """The victims' train vs held-out mIoU: the generalisation gap that membership inference feeds on."""
+    section = Section(
+        "victim models: training vs held-out mIoU",
+        ["dataset", "arch", "training defense", "seed", "n_train", "mIoU train", "mIoU held-out", "gap", "DP ε"],
+    )
+    for _, row in models.sort_values(["dataset", "arch", "train_defense", "seed"]).iterrows():
+        if row["status"] == "FINISHED":
+            numbers = [row["miou_train"], row["miou_heldout"], row["miou_train"] - row["miou_heldout"], row["dp_epsilon"]]
+            values = [Cell([_num(v)], state="missing" if math.isnan(v) else "ok") for v in numbers]
+        else:
+            values = [Cell([row["status"].lower()], state="failed")] + [Cell([MISSING], state="missing")] * 3
+        section.rows.append([Cell([str(row[k])]) for k in ("dataset", "arch", "train_defense", "seed", "n_train")] + values)
+    return section
+
+
+def build_sections(table: pd.DataFrame, models: pd.DataFrame) -> list[Section]:
+    """Score tables per dataset setting, each followed by its placebo controls; then the victim models."""
     sections = []
     for setting_key, frame in table.groupby(["setting", "dataset", "shadow_dataset"], sort=True):
         scored = frame[frame["control"] == "none"]
@@ -143,6 +159,9 @@ def build_sections(table: pd.DataFrame) -> list[Section]:
         placebo = frame[frame["control"] != "none"]
         if not placebo.empty:
             sections.append(_placebo_section(setting_key, placebo))
+    victims = models[models["role"] == "victim"]
+    if not victims.empty:
+        sections.append(_victims_section(victims))
     return sections
 
 
@@ -212,7 +231,7 @@ def write_leaderboard(tracking_uri: str, experiment: str | None, out: Path, pare
     """Write leaderboard.{csv,md,html} for an invocation (default: the experiment's latest) into `out`."""
     runs = load_runs(tracking_uri, experiment, parent_run_id)
     table = aggregate(runs.cells)
-    sections = build_sections(table)
+    sections = build_sections(table, runs.models)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.html"]
     to_csv(table).to_csv(paths[0], index=False)

@@ -4,8 +4,8 @@ non-members: the evidence a structured-loss attack reads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib import colormaps

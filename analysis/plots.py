@@ -8,8 +8,8 @@ architecture (`aggregate.worst_case`): the leakage a defense leaves in the worst
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd

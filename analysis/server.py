@@ -17,8 +17,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from benchmark.errors import SegleakError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
@@ -62,7 +66,7 @@ class TrackingServer:
         self.start_timeout_s = start_timeout_s
         self.url = f"http://{HOST}:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's log lives until stop() closes it
 
     def command(self) -> list[str]:
         return [
@@ -71,7 +75,7 @@ class TrackingServer:
             "--artifacts-destination", str(self.artifacts_destination),
         ]
 
-    def start(self) -> "TrackingServer":
+    def start(self) -> TrackingServer:
         """Start the server and wait for /health; a server that dies or never answers raises SegleakError."""
         if port_in_use(self.port):
             raise SegleakError(f"port {self.port} on {HOST} is in use: choose another with --port")
@@ -132,7 +136,7 @@ class TrackingServer:
         assert self.process is not None, "start() first"
         return self.process.wait()
 
-    def __enter__(self) -> "TrackingServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -17,12 +17,11 @@ from statistics import NormalDist, mean
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from analysis.leaderboard import write_leaderboard
-from analysis.plots import write_plots
 from analysis.report import write_report
 from benchmark.errors import SegleakError
 
@@ -90,9 +89,9 @@ def _grid_cells() -> list[dict]:
     for dataset, shadow, arch, overlap, (defense, dparams, base, miou, eps) in rows:
         for attack, rep, bonus in ATTACKS:
             for seed in SEEDS:
-                params = dict(dataset=dataset, victim_arch=arch, shadow_dataset=shadow, shadow_arch=arch,
-                              shadow_overlap=overlap, defense=defense, defense_params=json.dumps(dparams),
-                              attack=attack, representation=rep, seed=seed, control="none")
+                params = {"dataset": dataset, "victim_arch": arch, "shadow_dataset": shadow, "shadow_arch": arch,
+                          "shadow_overlap": overlap, "defense": defense, "defense_params": json.dumps(dparams),
+                          "attack": attack, "representation": rep, "seed": seed, "control": "none"}
                 failed = (defense == "argmax" and overlap == 0.5) or (
                     defense == "dp_sgd" and dparams["noise_multiplier"] == 1.0 and attack == "loss_threshold" and seed == 1)
                 if failed:
@@ -115,9 +114,9 @@ def _grid_cells() -> list[dict]:
                     tags["segleak.missing.tpr_at_1pct_fpr"] = MISSING_TPR
                 cells.append({"params": params, "status": "FINISHED", "metrics": metrics, "tags": tags})
     for attack, rep, auc, low, high in (("patch", "slm", 0.51, 0.45, 0.57), ("loss_threshold", "statistic", 0.58, 0.55, 0.61)):
-        params = dict(dataset="cityscapes", victim_arch="pspnet", shadow_dataset="cityscapes", shadow_arch="pspnet",
-                      shadow_overlap=0.0, defense="none", defense_params="{}", attack=attack, representation=rep,
-                      seed=0, control="placebo")
+        params = {"dataset": "cityscapes", "victim_arch": "pspnet", "shadow_dataset": "cityscapes",
+                  "shadow_arch": "pspnet", "shadow_overlap": 0.0, "defense": "none", "defense_params": "{}",
+                  "attack": attack, "representation": rep, "seed": 0, "control": "placebo"}
         cells.append({"params": params, "status": "FINISHED", "metrics": {
             "auc": auc, "auc_ci_low": low, "auc_ci_high": high, "tpr_at_1pct_fpr": 0.01, "victim_miou": 0.6,
             "n_members": 200.0, "n_nonmembers": 200.0}})
@@ -125,14 +124,15 @@ def _grid_cells() -> list[dict]:
 
 
 def _log_models(client: MlflowClient, exp: str, parent: str) -> None:
+    """Victims: one per arch and training-side defense (output-side defenses reuse the undefended one)."""
     for arch in ("pspnet", "deeplabv3"):
-        for defense, dparams, _, miou, eps in DEFENSES:
+        for defense, _, _, miou, eps in (d for d in DEFENSES if d[0] in ("none", "dp_sgd")):
             run = client.create_run(exp, tags={"segleak.kind": "model", "mlflow.parentRunId": parent})
             metrics = [Metric("miou_train", miou + 0.2, 0, 0), Metric("miou_heldout", miou, 0, 0)]
             if eps is not None:
                 metrics.append(Metric("dp_epsilon", eps, 0, 0))
-            params = dict(dataset="cityscapes", arch=arch, role="victim", train_defense=defense, overlap="0.0",
-                          seed="0", n_train="200")
+            params = {"dataset": "cityscapes", "arch": arch, "role": "victim", "train_defense": defense,
+                      "overlap": "0.0", "seed": "0", "n_train": "200"}
             client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
             client.set_terminated(run.info.run_id)
 
@@ -232,6 +232,9 @@ def test_leaderboard_markdown_numbers_failed_missing_and_strongest(store: Store,
     assert "1 run failed" in _md_cell(md, DEPENDENT, "| pspnet | 0 |", "dp_sgd noise_multiplier=1")
     assert "TPR@1%FPR —" in _md_cell(md, INDEPENDENT, "| pspnet | 0 |", "gaussian σ=0.1")
     assert "| 0.000" not in md and " 0.000 " not in md
+    victims = md.split("## victim models", 1)[1]
+    assert "| cityscapes | deeplabv3 | dp_sgd | 0 | 200 | 0.580 | 0.380 | 0.200 | 2.000 |" in victims
+    assert "| cityscapes | pspnet | none | 0 | 200 | 0.800 | 0.600 | 0.200 | — |" in victims
     placebo = md.split("## placebo controls", 1)[1].split("\n## ", 1)[0]
     assert "| patch/slm | AUC 0.510 [0.450, 0.570] | ✓ pass |" in placebo
     assert "| loss_threshold | AUC 0.580 [0.550, 0.610] | ✗ FAIL |" in placebo
@@ -244,7 +247,7 @@ def test_leaderboard_html_is_self_contained(board: dict) -> None:
     assert "<b>patch/slm</b>" in page and "<b>loss_threshold</b>" in page
     assert html.escape(MISSING_TPR) in page  # the reason a TPR is absent is in the hover text
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert page.count("<table>") == page.count("</table>") == 3  # dependent, its placebo controls, independent
+    assert page.count("<table>") == page.count("</table>") == 4  # dependent, its placebo, independent, victims
 
 
 def test_unknown_experiment_and_empty_store_are_clear_errors(store: Store, tmp_path: Path) -> None:
