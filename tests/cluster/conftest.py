@@ -17,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from analysis.server import TrackingServer
 
 PG_USER = "segleak"
 PG_DB = "segleak"
@@ -116,59 +116,20 @@ def postgres_server() -> Iterator[str]:
 # ---------------------------------------------------------------- MLflow tracking server
 
 
-@dataclass(frozen=True)
-class MlflowServer:
-    """A running `mlflow server`: its base URL (the tracking URI workers use) and where artifacts land."""
-
-    url: str
-    artifacts: Path
-
-
-def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers 200; fail early if the server process already died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
-
-
 @pytest.fixture(scope="session")
-def mlflow_pg_server(postgres_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+def mlflow_pg_server(postgres_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
     """`mlflow server` with the PostgreSQL backend store and proxied artifacts in a temp dir, as on a cluster.
 
     The store URI names the driver: SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which is not
     installed (the project ships psycopg2-binary).
     """
-    root = tmp_path_factory.mktemp("mlflow-server")
-    artifacts, port = root / "artifacts", free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", postgres_server.replace("postgresql://", "postgresql+psycopg2://", 1),
-        "--artifacts-destination", str(artifacts),
-    ]  # fmt: skip
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(f"{url}/health", MLFLOW_START_TIMEOUT_S, proc)
-        yield MlflowServer(url=url, artifacts=artifacts)
-    except (RuntimeError, TimeoutError) as exc:
-        log.flush()
-        pytest.fail(f"mlflow server: {exc}\n{(root / 'server.log').read_text()[-4000:]}")
-    finally:
-        stop_session(proc.pid)
-        proc.wait(timeout=10)
-        log.close()
+    server = TrackingServer(
+        postgres_server.replace("postgresql://", "postgresql+psycopg2://", 1),
+        artifacts_destination=tmp_path_factory.mktemp("mlflow-artifacts"),
+        start_timeout_s=MLFLOW_START_TIMEOUT_S,
+    )
+    with server:
+        yield server
 
 
 # ---------------------------------------------------------------- Ray

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MlflowServer, RayCluster
+from analysis.server import TrackingServer
+
+from .conftest import RayCluster
 
 
-def _rest(server: MlflowServer, path: str, payload: dict | None = None) -> dict:
+def _rest(server: TrackingServer, path: str, payload: dict | None = None) -> dict:
     """One MLflow REST call (GET with a query string, or POST with a JSON body), decoded."""
     if payload is None:
         request = urllib.request.Request(f"{server.url}{path}")
@@ -25,7 +27,7 @@ def _rest(server: MlflowServer, path: str, payload: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def test_mlflow_postgres_server_round_trip(mlflow_pg_server: MlflowServer, postgres_server: str, tmp_path: Path) -> None:
+def test_mlflow_postgres_server_round_trip(mlflow_pg_server: TrackingServer, postgres_server: str, tmp_path: Path) -> None:
     """A run logged over HTTP (as a Ray worker would) is stored in PostgreSQL and readable back by REST."""
     import mlflow
     import psycopg2
@@ -55,7 +57,7 @@ def test_mlflow_postgres_server_round_trip(mlflow_pg_server: MlflowServer, postg
     query = urllib.parse.urlencode({"path": "scores.csv", "run_uuid": run_id})
     with urllib.request.urlopen(f"{mlflow_pg_server.url}/get-artifact?{query}", timeout=30) as resp:
         assert resp.read().decode().startswith("image_id,membership,score")
-    assert list(mlflow_pg_server.artifacts.rglob("scores.csv")), "artifact was not proxied into the artifact store"
+    assert list(mlflow_pg_server.artifacts_destination.rglob("scores.csv")), "artifact was not proxied into the artifact store"
 
     with psycopg2.connect(postgres_server) as conn, conn.cursor() as cur:
         cur.execute("SELECT value FROM metrics WHERE run_uuid = %s AND key = 'auc'", (run_id,))

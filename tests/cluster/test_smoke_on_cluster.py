@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MlflowServer, RayCluster
+from analysis.server import TrackingServer
+
+from .conftest import RayCluster
 
 SMOKE_TIMEOUT_S = 1800
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_smoke_profile_on_two_node_cluster(
-    ray_two_node_cluster: RayCluster, mlflow_pg_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_two_node_cluster: RayCluster, mlflow_pg_server: TrackingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`segleak benchmark --profile smoke --address ...` succeeds and every grid cell has an attack run with AUC."""
     import ray
