@@ -54,6 +54,9 @@ leaderboard: install
 plots: install
 	$(SEGLEAK) plots --results $(RESULTS)
 
+cluster-test: install
+	$(PY) -m pytest -q tests/cluster $(PYTEST_ARGS)
+
 bench: install
 	$(PY) -m benchmark.perf --out $(RESULTS)/bench.json
 
