@@ -10,6 +10,10 @@ What each architecture family needs (measured with torch 2.13, mmseg 1.2.2, opac
   before calling the attention, so Opacus' per-sample hooks would take the sequence axis for the batch axis
   ("stack expects each tensor to be equal size"). "ew" fails on MiT (a `view` on a non-contiguous tensor).
   Its LayerNorms are supported by Opacus as they are; the head's BN is GN.
+- All: Opacus' Conv2d grad sampler returns wrong per-sample weight gradients (their sum is not the batch
+  gradient) when the conv input is not contiguous, as after MiT's token -> map reshape
+  (`x.transpose(1, 2).reshape(B, C, H, W)`). A forward pre-hook makes every conv input contiguous;
+  tests/test_models_dp.py checks per-sample gradients against single-image gradients.
 So every architecture in `mmseg_configs/` trains under DP (the trainer always builds the GN variant for it);
 `prepare_for_dp` raises if Opacus' validator still finds an unsupported layer.
 
@@ -29,6 +33,7 @@ from opacus.layers import DPMultiheadAttention
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from opacus.validators.multihead_attention import fix as fix_multihead_attention
+import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
@@ -45,9 +50,15 @@ def grad_sample_mode(net: nn.Module) -> str:
     return "hooks" if has_attention else "ew"
 
 
+def _contiguous_inputs(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
 def prepare_for_dp(net: nn.Module) -> None:
     """Make `net` trainable by Opacus in place (before its optimizer is built: parameters are replaced)."""
     for module in net.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            module.register_forward_pre_hook(_contiguous_inputs)
         if hasattr(module, "inplace") and isinstance(module.inplace, bool):
             module.inplace = False
         attn = getattr(module, "attn", None)
