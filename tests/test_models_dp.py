@@ -15,7 +15,7 @@ from benchmark.data.adapters import get_adapter
 from benchmark.models.builder import build_segmentor
 from benchmark.models.dp import grad_sample_mode, prepare_for_dp
 from benchmark.models.lightning_module import SegmentationNet
-from benchmark.models.train import TrainConfig, train_model
+from benchmark.models.train import TrainConfig, load_model, train_model
 
 TINY = ["pspnet_tiny", "upernet_tiny", "deeplabv3plus_tiny", "segformer_tiny"]
 
@@ -45,6 +45,9 @@ def test_every_tiny_architecture_trains_under_dp(arch, data, tmp_path):
     assert m["dp_delta"] == pytest.approx(1 / len(members))
     assert set(result.seen_train_ids) <= set(members)
     assert torch.load(result.checkpoint, weights_only=True)["norm"] == "GN"
+    model, meta = load_model(result.checkpoint)  # SegFormer's DP attention layers must load back
+    assert meta["dp"] is True
+    assert model(torch.rand(1, 3, 32, 64) * 255, mode="tensor").isfinite().all()
 
 
 def test_epsilon_shrinks_when_the_noise_grows(data, tmp_path):

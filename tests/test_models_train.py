@@ -39,6 +39,7 @@ def test_tiny_trains_loss_decreases_and_reads_exactly_the_members(arch, data, tm
     assert m["train_loss_last"] < m["train_loss_first"]
     assert set(result.seen_train_ids) == set(members)
     assert 0 <= m["miou_train"] <= 1 and 0 <= m["miou_heldout"] <= 1
+    assert m["loss_train"] > 0 and m["loss_heldout"] > 0
     assert m["n_train"] == len(members)
     assert json.loads((tmp_path / "metrics.json").read_text())["miou_train"] == pytest.approx(m["miou_train"])
 
@@ -72,13 +73,16 @@ def test_miou_through_the_module_metric_path():
     labels = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 255]]])
     pred = torch.tensor([[[0, 1, 1, 1], [2, 0, 2, 0]]])
     logits = torch.nn.functional.one_hot(pred, 19).permute(0, 3, 1, 2).float()
-    module.accumulate_confusion(0, logits, labels)
+    module.accumulate_eval(0, logits, labels)
     # class 0: tp 1, union 3; class 1: tp 2, union 3; class 2: tp 1, union 2; classes 3..18 absent -> skipped
-    assert module.eval_mious() == {"miou_heldout": pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)}
+    first = module.eval_metrics()
+    assert first["miou_heldout"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    expected_loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255)  # one image: per-image mean
+    assert first["loss_heldout"] == pytest.approx(expected_loss.item())
     # a second batch adds up (accumulated confusion, not a mean of per-batch mIoUs)
-    module.accumulate_confusion(0, torch.nn.functional.one_hot(labels.clamp(max=2), 19).permute(0, 3, 1, 2).float(), labels)
+    module.accumulate_eval(0, torch.nn.functional.one_hot(labels.clamp(max=2), 19).permute(0, 3, 1, 2).float(), labels)
     # class 0: tp 3, gt 4, pred 4 -> 3/5; class 1: tp 4, gt 4, pred 5 -> 4/5; class 2: tp 3, gt 4, pred 3 -> 3/4
-    assert module.eval_mious()["miou_heldout"] == pytest.approx((3 / 5 + 4 / 5 + 3 / 4) / 3)
+    assert module.eval_metrics()["miou_heldout"] == pytest.approx((3 / 5 + 4 / 5 + 3 / 4) / 3)
 
 
 def test_low_resolution_logits_are_upsampled_to_the_labels():
@@ -88,8 +92,8 @@ def test_low_resolution_logits_are_upsampled_to_the_labels():
     logits = torch.zeros(1, 19, 2, 2)
     logits[:, 0, :, 0] = 5
     logits[:, 1, :, 1] = 5
-    module.accumulate_confusion(0, logits, labels)
-    assert module.eval_mious()["miou_train"] == pytest.approx(1.0)
+    module.accumulate_eval(0, logits, labels)
+    assert module.eval_metrics()["miou_train"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@
   including Poisson-sampled empty batches, for which DP-SGD must still take a noise-only step.
 - The module records the id of every training image it was fed (`seen_train_ids`), so a test can prove that
   a model's training loader read exactly its member list.
-- Validation dataloaders are named by `eval_names` (e.g. "train", "heldout") and log `miou_<name>`.
+- Validation dataloaders are named by `eval_names` (e.g. "train", "heldout") and log `miou_<name>` and
+  `loss_<name>` (the train/held-out loss gap is what loss-based attacks exploit).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class SegmentationModule(pl.LightningModule):
         self._loss_sum = 0.0
         self._loss_count = 0
         self._confusions: dict[int, Tensor] = {}
+        self._eval_losses: dict[int, tuple[float, int]] = {}
 
     @property
     def segmentor(self) -> nn.Module:
@@ -192,25 +194,29 @@ class SegmentationModule(pl.LightningModule):
         self._loss_sum, self._loss_count = 0.0, 0
 
     # --- evaluation ---------------------------------------------------------------------------------------
-    def accumulate_confusion(self, key: int, logits: Tensor, labels: Tensor) -> None:
-        """Add a batch's predictions (logits upsampled to the labels) to the confusion matrix of loader `key`."""
+    def accumulate_eval(self, key: int, logits: Tensor, labels: Tensor) -> None:
+        """Add a batch (logits upsampled to the labels) to the confusion matrix and loss sums of loader `key`."""
         if logits.shape[-2:] != labels.shape[-2:]:
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         conf = confusion_matrix(logits.argmax(1), labels, self.hparams.num_classes, IGNORE_INDEX).cpu()
         self._confusions[key] = self._confusions.get(key, 0) + conf
+        loss_sum, count = self._eval_losses.get(key, (0.0, 0))
+        self._eval_losses[key] = (loss_sum + per_image_ce(logits, labels).sum().item(), count + labels.shape[0])
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, labels, _ = self._unpack(batch)
-        self.accumulate_confusion(dataloader_idx, self(images), labels)
+        self.accumulate_eval(dataloader_idx, self(images), labels)
 
     def on_validation_epoch_start(self) -> None:
-        self._confusions = {}
+        self._confusions, self._eval_losses = {}, {}
 
-    def eval_mious(self) -> dict[str, float]:
-        """`miou_<name>` for every evaluation loader seen since the last validation epoch started."""
+    def eval_metrics(self) -> dict[str, float]:
+        """`miou_<name>` and `loss_<name>` (mean per-image CE) for every evaluation loader accumulated so far."""
         names = self.hparams.eval_names
-        return {f"miou_{names[k]}": miou(conf) for k, conf in sorted(self._confusions.items())}
+        out = {f"miou_{names[k]}": miou(conf) for k, conf in sorted(self._confusions.items())}
+        out.update({f"loss_{names[k]}": total / n for k, (total, n) in sorted(self._eval_losses.items())})
+        return out
 
     def on_validation_epoch_end(self) -> None:
-        for name, value in self.eval_mious().items():
+        for name, value in self.eval_metrics().items():
             self.log(name, value, add_dataloader_idx=False)

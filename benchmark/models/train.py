@@ -193,11 +193,11 @@ def train_model(
         for key, loader in enumerate(eval_loaders):
             for batch in loader:
                 images = batch["image"].to(module.device)
-                module.accumulate_confusion(key, module(images), batch["label"].to(module.device))
+                module.accumulate_eval(key, module(images), batch["label"].to(module.device))
     metrics: dict[str, float] = {
         "miou_train": float("nan"),
         "miou_heldout": float("nan"),
-        **module.eval_mious(),
+        **module.eval_metrics(),
         "train_loss_first": module.epoch_losses[0],
         "train_loss_last": module.epoch_losses[-1],
         "n_train": float(len(train_set)),
@@ -214,6 +214,7 @@ def train_model(
         "state_dict": {k: v.detach().cpu() for k, v in module.segmentor.state_dict().items()},
         "arch": cfg.arch,
         "norm": norm,
+        "dp": private is not None,  # DP models carry Opacus' layer replacements (DPMultiheadAttention)
         "num_classes": module.hparams.num_classes,
         "config": {**asdict(cfg), "image_size": list(cfg.image_size) if cfg.image_size else None},
         "metrics": metrics,
@@ -236,6 +237,11 @@ def load_model(checkpoint: Path, map_location: str | torch.device = "cpu") -> tu
     if not isinstance(payload, dict) or not {"state_dict", "arch", "norm", "num_classes"} <= set(payload):
         raise SegleakError(f"checkpoint {path} is not a segleak model (missing state_dict/arch/norm/num_classes)")
     model = build_segmentor(payload["arch"], norm=payload["norm"], num_classes=payload["num_classes"])
-    model.load_state_dict(payload["state_dict"])
+    if payload.get("dp"):
+        dp.prepare_for_dp(model)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise SegleakError(f"checkpoint {path} does not match architecture {payload['arch']!r}: {exc}") from exc
     model.to(map_location).eval()
     return model, {k: v for k, v in payload.items() if k != "state_dict"}
