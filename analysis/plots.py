@@ -46,7 +46,9 @@ def pareto_front(utility: np.ndarray, leakage: np.ndarray) -> np.ndarray:
 
 def _frontier_panel(ax: Axes, rows: pd.DataFrame, metric: str, ylabel: str, chance: float,
                     colours: dict[str, tuple], markers: dict[str, str]) -> None:
+    absent = rows[rows[metric].isna()]["defense_label"].tolist()
     rows = rows.dropna(subset=["victim_miou_mean", metric])
+    title = None
     for row in rows.itertuples():
         ax.scatter(row.victim_miou_mean, getattr(row, metric), s=55, color=colours[row.defense_label],
                    marker=markers[row.victim_arch], edgecolor="k", linewidth=0.5, zorder=3)
@@ -54,13 +56,19 @@ def _frontier_panel(ax: Axes, rows: pd.DataFrame, metric: str, ylabel: str, chan
         mask = pareto_front(rows["victim_miou_mean"].to_numpy(), rows[metric].to_numpy())
         front = rows[mask].sort_values("victim_miou_mean")
         ax.plot(front["victim_miou_mean"], front[metric], "k--", lw=1, zorder=2, label="Pareto front")
-        for i, row in enumerate(front.itertuples()):
-            ax.annotate(row.defense_label, (row.victim_miou_mean, getattr(row, metric)), fontsize=7,
-                        xytext=(6, 8 if i % 2 else -12), textcoords="offset points")
+        ax.scatter(front["victim_miou_mean"], front[metric], s=160, facecolor="none", edgecolor="k", lw=1.2, zorder=4)
+        for i, row in enumerate(front.itertuples(), start=1):  # short numbers; names in the legend
+            ax.annotate(str(i), (row.victim_miou_mean, getattr(row, metric)), fontsize=8, fontweight="bold",
+                        xytext=(7, 7), textcoords="offset points")
+        title = "Pareto front (circled):\n" + "\n".join(f"{i}  {n}" for i, n in enumerate(front["defense_label"], start=1))
+    if absent:
+        ax.text(0.99, 0.01, "not resolvable, not shown: " + ", ".join(absent), transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=7, color="0.35")
     ax.axhline(chance, c="0.6", ls=":", lw=1, label="chance")
+    ax.margins(x=0.08, y=0.08)
     ax.set(xlabel="Victim mIoU on held-out data (utility, higher is better)", ylabel=ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7, title_fontsize=7, alignment="left", title=title)
 
 
 def _legend_handles(ax: Axes, colours: dict[str, tuple], markers: dict[str, str]) -> list:
@@ -84,8 +92,9 @@ def plot_frontier(worst: pd.DataFrame, out: Path) -> list[Path]:
         _frontier_panel(left, rows, "auc_mean", "Attack ROC-AUC (privacy leakage, lower is better)", AUC_CHANCE, colours, markers)
         _frontier_panel(right, rows, "tpr_at_1pct_fpr_mean", "TPR at 1% FPR (lower is better)", 0.01, colours, markers)
         used = {label: c for label, c in colours.items() if label in set(rows["defense_label"])}
-        fig.legend(handles=_legend_handles(left, used, markers), loc="outside lower center", fontsize=8,
-                   ncols=min(5, len(used) + len(markers)))
+        archs = {arch: m for arch, m in markers.items() if arch in set(rows["victim_arch"])}
+        fig.legend(handles=_legend_handles(left, used, archs), loc="outside lower center", fontsize=8,
+                   ncols=min(5, len(used) + len(archs)))
         fig.suptitle(f"Privacy-utility frontier, {_setting_name(*key)}\n"
                      "strongest attack at the worst-case shadow overlap and architecture")
         paths += save(fig, out, slug("frontier", *key))
