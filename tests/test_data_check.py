@@ -17,7 +17,7 @@ def cs_tree(synthetic_tree, tmp_path) -> Path:
 
 
 def _first(root: Path, pattern: str) -> Path:
-    return sorted(root.glob(pattern))[0]
+    return min(root.glob(pattern))
 
 
 def _cli(dataset: str, root: Path, capsys) -> tuple[int, str, str]:
@@ -52,7 +52,7 @@ def _delete_image(root: Path) -> Path:
 
 
 def _corrupt_image(root: Path) -> Path:
-    path = sorted(root.glob("leftImg8bit/train/*/*.png"))[-1]
+    path = max(root.glob("leftImg8bit/train/*/*.png"))
     path.write_bytes(b"\x89PNG not really an image")
     return path
 
@@ -106,8 +106,8 @@ def test_wrong_layout_names_expected_folder(synthetic_tree, capsys):
     root = synthetic_tree("cityscapes")  # a Cityscapes tree checked as Mapillary
     report = check_dataset("mapillary", root)
     assert not report.usable
-    assert report.lines() == [f"mapillary at {root}: wrong layout, expected folders missing: 4 "
-                              f"(e.g. {root / 'training' / 'images'})"]
+    expected = f"mapillary at {root}: wrong layout, expected folders missing: 4 (e.g. {root / 'training/images'})"
+    assert report.lines() == [expected]
     code, _, err = _cli("mapillary", root, capsys)
     assert code != 0 and err.count("\n") == 1
 

@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 
 from benchmark.data.labels import (
-    CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, map_cityscapes_labelids_to_trainids, map_mapillary_to_trainids,
+    CITYSCAPES_CLASSES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    map_cityscapes_labelids_to_trainids,
+    map_mapillary_to_trainids,
 )
 
 # PAPER_NOTES.md, spelled out independently of the module's table.

@@ -20,7 +20,7 @@ def test_mmseg_dataset_reads_synthetic_tree(synthetic_tree, layout):
 
     cls_name, img_path, seg_path, allowed = CASES[layout]
     dataset = getattr(mmseg.datasets, cls_name)(
-        data_root=str(synthetic_tree(layout)), data_prefix=dict(img_path=img_path, seg_map_path=seg_path),
+        data_root=str(synthetic_tree(layout)), data_prefix={"img_path": img_path, "seg_map_path": seg_path},
         pipeline=[LoadImageFromFile(), LoadAnnotations()],
     )
     assert len(dataset) == 6

@@ -4,12 +4,17 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.data.splits import (
-    Manifest, dependent_manifest, independent_manifest, make_manifest, read_manifest, write_manifest,
+    Manifest,
+    dependent_manifest,
+    independent_manifest,
+    make_manifest,
+    read_manifest,
+    write_manifest,
 )
 from benchmark.errors import SegleakError
 
 IDS = [f"train/img_{i:04d}" for i in range(300)] + [f"val/img_{i:04d}" for i in range(100)]
-SIZES = dict(n_victim_members=80, n_victim_nonmembers=60, n_shadow_members=50, n_shadow_nonmembers=40)
+SIZES = {"n_victim_members": 80, "n_victim_nonmembers": 60, "n_shadow_members": 50, "n_shadow_nonmembers": 40}
 
 
 def dep(overlap: float = 0.5, seed: int = 0, placebo: bool = False, **kw) -> Manifest:

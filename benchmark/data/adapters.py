@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -153,7 +154,7 @@ class MapillaryAdapter(DatasetAdapter):
     """`<training|validation>/images/*.jpg` + `.../v1.2/labels/*.png` (palettised, index = v1.2 id)."""
 
     name = "mapillary"
-    folder_of_split = {"train": "training", "val": "validation"}
+    folder_of_split: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
     image_suffix = ".jpg"
     label_suffix = ".png"
 

@@ -12,6 +12,7 @@ Per-image noise textures add detail that is unique to each image. All drawing is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -124,7 +125,7 @@ def _vehicle_colour(c: Canvas) -> np.ndarray:
 def draw_scene(h: int, w: int, style: Style, rng: np.random.Generator) -> tuple[Canvas, np.ndarray]:
     """Draw one street scene; returns the canvas (label maps) and the rendered HxWx3 uint8 RGB image."""
     c = Canvas(h, w, rng)
-    hz = int(round(h * rng.uniform(*style.horizon)))
+    hz = round(h * rng.uniform(*style.horizon))
     vx = w * rng.uniform(0.3, 0.7)
     s_road = rng.uniform(0.7, 1.8) * w / h
     s_side = s_road * rng.uniform(1.3, 2.0)
@@ -178,7 +179,7 @@ def _ground(c: Canvas, hz: int, vx: float, s_road: float, s_side: float, style: 
 
 def _skyline(c: Canvas, hz: int) -> None:
     """Facade blocks (building, wall, vegetation) along the horizon; gaps stay sky."""
-    h, w, rng = c.h, c.w, c.rng
+    w, rng = c.w, c.rng
     appearance = {BUILDING: _facade(c), WALL: _facade(c), VEGETATION: _green(c)}
     x = -rng.uniform(0, 0.1) * w
     while x < w:
@@ -197,10 +198,14 @@ def _skyline(c: Canvas, hz: int) -> None:
         x += width + (rng.uniform(0, 0.08) * w if rng.random() < 0.3 else 0)
 
 
-def _ground_objects(c: Canvas, hz: int, vx: float, s_road: float, s_side: float, depth) -> list:
+Draw = Callable[[], None]
+
+
+def _ground_objects(c: Canvas, hz: int, vx: float, s_road: float, s_side: float,
+                    depth: Callable[[float], float]) -> list[tuple[float, int, Draw]]:
     """Things standing on the ground, as (bottom row, order, draw) so they can be drawn far to near."""
     h, w, rng = c.h, c.w, c.rng
-    objects: list = []
+    objects: list[tuple[float, int, Draw]] = []
 
     def on_road(y: float) -> float:
         return vx + rng.uniform(-0.8, 0.8) * (y - hz) * s_road
@@ -212,7 +217,7 @@ def _ground_objects(c: Canvas, hz: int, vx: float, s_road: float, s_side: float,
     def bottom() -> float:
         return rng.uniform(hz + 2, h - 1)
 
-    def add(y: float, draw) -> None:
+    def add(y: float, draw: Draw) -> None:
         objects.append((y, len(objects), draw))
 
     for _ in range(rng.integers(1, 6)):  # vehicles
@@ -246,7 +251,7 @@ def _ground_objects(c: Canvas, hz: int, vx: float, s_road: float, s_side: float,
     return objects
 
 
-def _vehicle(c: Canvas, kind: int, y: float, x: float, s: float):
+def _vehicle(c: Canvas, kind: int, y: float, x: float, s: float) -> Draw:
     rng = c.rng
     width = c.w * s * {CAR: rng.uniform(0.18, 0.3), TRUCK: rng.uniform(0.2, 0.32), BUS: rng.uniform(0.3, 0.5)}[kind]
     height = width * {CAR: rng.uniform(0.45, 0.6), TRUCK: rng.uniform(0.8, 1.1), BUS: rng.uniform(0.6, 0.85)}[kind]
@@ -275,7 +280,7 @@ def _vehicle(c: Canvas, kind: int, y: float, x: float, s: float):
     return draw
 
 
-def _train(c: Canvas, y: float, x0: float):
+def _train(c: Canvas, y: float, x0: float) -> Draw:
     height, width = c.h * c.rng.uniform(0.1, 0.2), c.w * c.rng.uniform(0.3, 0.6)
     colour, window = _vehicle_colour(c), c.uniform_colour(20, 90)
 
@@ -286,7 +291,7 @@ def _train(c: Canvas, y: float, x0: float):
     return draw
 
 
-def _pole(c: Canvas, y: float, x: float, s: float, hz: int):
+def _pole(c: Canvas, y: float, x: float, s: float, hz: int) -> Draw:
     rng = c.rng
     height = (y - hz) * rng.uniform(2.0, 4.0) + 4
     width = max(0.6, s * c.w * 0.012)
@@ -312,7 +317,7 @@ def _pole(c: Canvas, y: float, x: float, s: float, hz: int):
     return draw
 
 
-def _person(c: Canvas, tid: int, y: float, x: float, s: float, mv: int | None = None):
+def _person(c: Canvas, tid: int, y: float, x: float, s: float, mv: int | None = None) -> Draw:
     rng = c.rng
     ids = (int(CITYSCAPES_TRAINID_TO_LABELID[tid]), int(MAPILLARY_PRIMARY[tid]) if mv is None else mv)
     height = c.h * s * rng.uniform(0.25, 0.45)
@@ -330,7 +335,7 @@ def _person(c: Canvas, tid: int, y: float, x: float, s: float, mv: int | None = 
     return draw
 
 
-def _two_wheeler(c: Canvas, tid: int, y: float, x: float, s: float):
+def _two_wheeler(c: Canvas, tid: int, y: float, x: float, s: float) -> Draw:
     size = c.h * s * c.rng.uniform(0.12, 0.2)
     frame = c.uniform_colour(20, 110) if tid == BICYCLE else c.uniform_colour(20, 200)
 
@@ -344,7 +349,7 @@ def _two_wheeler(c: Canvas, tid: int, y: float, x: float, s: float):
     return draw
 
 
-def _ridden(c: Canvas, y: float, x: float, s: float, vehicle: int):
+def _ridden(c: Canvas, y: float, x: float, s: float, vehicle: int) -> Draw:
     """A rider on a bicycle or motorcycle: the person is labelled rider, never person."""
     bike = _two_wheeler(c, vehicle, y, x, s)
     mv = 20 if vehicle == BICYCLE else int(c.rng.choice([21, 22]))  # bicyclist / motorcyclist / other rider
@@ -357,7 +362,7 @@ def _ridden(c: Canvas, y: float, x: float, s: float, vehicle: int):
     return draw
 
 
-def _barrier(c: Canvas, tid: int, y: float, x: float, s: float):
+def _barrier(c: Canvas, tid: int, y: float, x: float, s: float) -> Draw:
     width = c.w * s * c.rng.uniform(0.15, 0.4)
     height = c.h * s * c.rng.uniform(0.08, 0.2) * (1.4 if tid == WALL else 1.0)
     appearance = _facade(c)
@@ -368,7 +373,7 @@ def _barrier(c: Canvas, tid: int, y: float, x: float, s: float):
     return draw
 
 
-def _tree(c: Canvas, y: float, x: float, s: float):
+def _tree(c: Canvas, y: float, x: float, s: float) -> Draw:
     height = c.h * s * c.rng.uniform(0.5, 0.9)
     radius = height * c.rng.uniform(0.25, 0.4)
     appearance, aspect = _green(c), c.rng.uniform(0.8, 1.3)
@@ -382,7 +387,7 @@ def _tree(c: Canvas, y: float, x: float, s: float):
     return draw
 
 
-def _clutter(c: Canvas, y: float, x: float, s: float):
+def _clutter(c: Canvas, y: float, x: float, s: float) -> Draw:
     size = c.h * s * c.rng.uniform(0.08, 0.18)
     ids = CLUTTER[c.rng.integers(0, len(CLUTTER))]
     colour = c.uniform_colour(30, 220)

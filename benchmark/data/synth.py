@@ -135,7 +135,7 @@ def ensure_synthetic_dataset(layout: str, root: Path, n_train: int, n_val: int, 
     wanted = _params(layout, n_train, n_val, size, seed)
     if _marker(root) == wanted:
         return root
-    if root.exists():
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise SegleakError(f"{root} exists but is not the synthetic {layout} dataset {wanted}; remove it or pick another folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
