@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,8 @@ def _figure(
         return skip(name, "no scores.csv artifact in its cells")
     ncols = min(MAX_COLS, len(labels))
     nrows = math.ceil(len(labels) / ncols)
-    fig = new_figure(3.2 * ncols + 1.6, 3.0 * nrows + 0.8)
+    width = max(5.5, 3.2 * ncols + 1.6)
+    fig = new_figure(width, 3.0 * nrows + 1.2)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     for ax, label in zip(axes, labels):
         ax.plot([floor_x, 1], [floor_x, 1], ls="--", c="0.6", lw=1, label="chance")
@@ -71,8 +73,9 @@ def _figure(
     fig.supxlabel("False positive rate")
     fig.supylabel("True positive rate")
     shadow = "" if shadow_arch == arch else f", shadow {shadow_arch}"
-    fig.suptitle(f"Log-log ROC per defense: {setting} setting ({dataset} victim, {shadow_dataset} shadow), "
-                 f"victim {arch}{shadow}, shadow overlap {overlap:g}; lowest seed")
+    title = (f"Log-log ROC per defense: {setting} setting ({dataset} victim, {shadow_dataset} shadow), "
+             f"victim {arch}{shadow}, shadow overlap {overlap:g}; lowest seed")
+    fig.suptitle(textwrap.fill(title, width=int(width * 10)))
     return save(fig, out, slug("roc", setting, dataset, shadow_dataset, arch, shadow_arch, f"ov{overlap:g}"))
 
 
