@@ -17,23 +17,41 @@ from matplotlib import colormaps
 
 from analysis.figures import new_figure, save, skip, slug
 from analysis.runs import GridRuns, download_scores
+from benchmark.metrics.membership import roc_curve
 
 ROW_KEYS = ["setting", "dataset", "shadow_dataset", "victim_arch", "shadow_arch", "shadow_overlap"]
 MAX_COLS = 4
 
 
-def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) at every distinct threshold, starting at (0, 0); a higher score means member."""
-    order = np.argsort(-scores, kind="mergesort")
-    ranked, members = scores[order], is_member[order].astype(bool)
-    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
-    tp, fp = np.cumsum(members)[last_of_tie], np.cumsum(~members)[last_of_tie]
-    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
-
-
 def _first_seed_runs(cells: pd.DataFrame) -> pd.DataFrame:
     done = cells[(cells["status"] == "FINISHED") & (cells["control"] == "none")]
     return done.sort_values("seed").groupby([*ROW_KEYS, "defense_label", "attack_label"], dropna=False).head(1)
+
+
+def _panel(ax, curves: list[tuple[str, np.ndarray, np.ndarray]], colours: dict[str, tuple], floor_x: float,
+           floor_y: float, title: str) -> None:
+    """One log-log ROC panel: a step curve per attack, the chance diagonal, limits at the data's resolution."""
+    ax.plot([floor_x, 1], [floor_x, 1], ls="--", c="0.6", lw=1, label="chance")
+    for attack, fpr, tpr in sorted(curves, key=lambda c: c[0]):
+        auc = float(np.trapezoid(tpr, fpr))
+        ax.step(fpr, tpr, where="post", c=colours[attack], lw=1.5, label=f"{attack} (AUC {auc:.2f})")
+    ax.set(xscale="log", yscale="log", xlim=(floor_x, 1), ylim=(floor_y, 1.05), title=title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_cell_roc(scores: pd.DataFrame, out: Path, title: str) -> Path:
+    """The `roc.png` artifact of one grid cell: its attack's log-log ROC on the victim's queries."""
+    is_member = scores["is_member"].to_numpy(bool)
+    fpr, tpr, _ = roc_curve(scores["score"].to_numpy(float), is_member)
+    fig = new_figure(5.0, 4.4)
+    ax = fig.subplots()
+    _panel(ax, [("attack", fpr, tpr)], {"attack": "tab:blue"}, 1 / max(1, (~is_member).sum()),
+           1 / max(1, is_member.sum()), textwrap.fill(title, 60))
+    ax.set(xlabel="False positive rate", ylabel="True positive rate")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return out
 
 
 def _figure(
@@ -47,7 +65,7 @@ def _figure(
         scores = download_scores(runs.tracking_uri, row.run_id, tmp / row.run_id)
         if scores is None or scores["is_member"].nunique() < 2:
             continue
-        fpr, tpr = roc_curve(scores["score"].to_numpy(float), scores["is_member"].to_numpy(int))
+        fpr, tpr, _ = roc_curve(scores["score"].to_numpy(float), scores["is_member"].to_numpy(bool))
         curves.setdefault(row.defense_label, []).append((row.attack_label, fpr, tpr))
         floor_x = min(floor_x, 1 / int((scores["is_member"] == 0).sum()))
         floor_y = min(floor_y, 1 / int((scores["is_member"] == 1).sum()))
@@ -61,13 +79,7 @@ def _figure(
     fig = new_figure(width, 3.0 * nrows + 1.2)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     for ax, label in zip(axes, labels):
-        ax.plot([floor_x, 1], [floor_x, 1], ls="--", c="0.6", lw=1, label="chance")
-        for attack, fpr, tpr in sorted(curves[label], key=lambda c: c[0]):
-            auc = float(np.trapezoid(tpr, fpr))
-            ax.step(fpr, tpr, where="post", c=colours[attack], lw=1.5, label=f"{attack} (AUC {auc:.2f})")
-        ax.set(xscale="log", yscale="log", xlim=(floor_x, 1), ylim=(floor_y, 1.05), title=label)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        _panel(ax, curves[label], colours, floor_x, floor_y, label)
     for ax in axes[len(labels):]:
         ax.set_visible(False)
     fig.supxlabel("False positive rate")

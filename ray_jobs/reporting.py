@@ -28,7 +28,7 @@ class Reporter:
             cell_dir = self.store.unit_dir("cell", unit.key)
             roc = cell_dir / "roc.png"
             if not roc.exists():  # drawn on the driver: matplotlib stays out of the workers
-                from analysis.plots import plot_cell_roc
+                from analysis.roc import plot_cell_roc
 
                 plot_cell_roc(pd.read_csv(cell_dir / "scores.csv"), roc, title=unit.label)
             victim = self.store.read_unit("model", unit.meta["victim_model"])["summary"]

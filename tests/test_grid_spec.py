@@ -1,0 +1,82 @@
+"""Grid specs: profiles load, and every kind of mistake is refused with the file, key and value named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.cli import main
+from benchmark.errors import SegleakError
+from ray_jobs.spec import PROFILES_DIR, load_grid
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_profiles_load(profile):
+    grid = load_grid(profile)
+    assert grid.name == f"segleak-{profile}"
+    assert grid.defenses and grid.attacks and grid.victim_archs
+
+
+def test_default_profile_covers_the_benchmark():
+    grid = load_grid("default")
+    assert {s.kind for s in grid.settings} == {"dependent", "independent"}
+    assert len(grid.victim_archs) >= 2 and set(grid.overlaps) == {0.0, 0.5, 1.0}
+    names = {d.name for d in grid.defenses}
+    assert names == {"none", "argmax", "gaussian", "temperature", "topk", "dp_sgd", "label_smoothing", "mixup",
+                     "weight_decay", "early_stopping"}
+    assert {a.name for a in grid.attacks} == {"patch", "loss_threshold", "pixel_accuracy"}
+    assert "placebo" in grid.controls
+
+
+def test_parameter_sweeps_expand_to_one_setting_each():
+    grid = load_grid("paper")
+    sigmas = [d.params_dict["sigma"] for d in grid.defenses if d.name == "gaussian"]
+    assert sigmas == [0.01, 0.05, 0.1, 0.2]
+    assert [d.label for d in grid.defenses if d.name == "topk"] == ["topk(k=1)", "topk(k=3)"]
+
+
+def _write(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load((PROFILES_DIR / "smoke.yaml").read_text())
+    raw.update(changes)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"defences": ["none"]}, "unknown key 'defences'"),
+    ({"overlaps": [1.5]}, "overlaps: value 1.5 is outside"),
+    ({"defenses": [{"name": "gaussian", "sigma": "big"}]}, "defenses[0].sigma: expected a number"),
+    ({"defenses": [{"name": "gaussian", "alpha": 1}]}, "unknown key 'alpha'"),
+    ({"defenses": ["blur"]}, "unknown value 'blur'"),
+    ({"attacks": [{"name": "patch", "representation": "rgb"}]}, "unknown value 'rgb'"),
+    ({"victim_archs": ["resnet_huge"]}, "unknown architecture 'resnet_huge'"),
+    ({"resources": {"train": {"gpu": -1}}}, "resources.train.gpu: value -1 is outside"),
+    ({"settings": [{"dataset": "kitti"}]}, "unknown value 'kitti'"),
+])
+def test_bad_grids_are_refused_with_a_clear_message(tmp_path, changes, message):
+    with pytest.raises(SegleakError) as err:
+        load_grid(grid_file=_write(tmp_path, **changes))
+    assert message in str(err.value) and "grid.yaml" in str(err.value)
+
+
+def test_missing_key_and_bad_yaml(tmp_path):
+    raw = yaml.safe_load((PROFILES_DIR / "smoke.yaml").read_text())
+    del raw["attacks"]
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SegleakError, match="missing required key 'attacks'"):
+        load_grid(grid_file=path)
+    path.write_text("name: [unclosed")
+    with pytest.raises(SegleakError, match="not valid YAML"):
+        load_grid(grid_file=path)
+
+
+def test_cli_unknown_profile_is_one_line_and_nonzero(tmp_path, capsys):
+    code = main(["benchmark", "--profile", "huge", "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "unknown profile 'huge'" in err[0] and "smoke" in err[0]
+    assert not (tmp_path / "r").exists()
