@@ -38,8 +38,8 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        image = torch.from_numpy(self.adapter.read_image(sample)).permute(2, 0, 1).float()
-        label = torch.from_numpy(self.adapter.read_label(sample)).long()
+        image = torch.tensor(self.adapter.read_image(sample)).permute(2, 0, 1).float()  # copy: decoded arrays may be read-only
+        label = torch.tensor(self.adapter.read_label(sample)).long()
         if image.shape[1:] != label.shape:
             raise SegleakError(
                 f"image {sample.image} is {tuple(image.shape[1:])} but its label {sample.label} is "

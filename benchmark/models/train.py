@@ -182,18 +182,12 @@ def train_model(
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=0,
     )
     trainer.fit(module, train_dataloaders=train_loader)
     if not module.epoch_losses:
         raise SegleakError(f"{cfg.arch}: no training batch was drawn in {recipe.epochs} epochs")
 
-    module.eval()
-    with torch.no_grad():
-        for key, loader in enumerate(eval_loaders):
-            for batch in loader:
-                images = batch["image"].to(module.device)
-                module.accumulate_eval(key, module(images), batch["label"].to(module.device))
+    trainer.validate(module, dataloaders=eval_loaders, verbose=False)
     metrics: dict[str, float] = {
         "miou_train": float("nan"),
         "miou_heldout": float("nan"),
