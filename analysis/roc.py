@@ -49,7 +49,6 @@ def plot_cell_roc(scores: pd.DataFrame, out: Path, title: str) -> Path:
     _panel(ax, [("attack", fpr, tpr)], {"attack": "tab:blue"}, 1 / max(1, (~is_member).sum()),
            1 / max(1, is_member.sum()), textwrap.fill(title, 60))
     ax.set(xlabel="False positive rate", ylabel="True positive rate")
-    fig.tight_layout()
     fig.savefig(out, dpi=120)
     return out
 

@@ -87,8 +87,8 @@ class _Builder:
             "dataset": source.dataset,
             "root": source.root,
             "arch": arch,
-            "train_ids": sorted(split["train"]),
-            "heldout_ids": sorted(split["nonmembers"]),
+            "train_ids": sorted(split.train),
+            "heldout_ids": sorted(split.nonmembers),
             "train": dict(self.grid.train),
             "defense": _defense_json(defense),
             # a different seed per role keeps a shadow that happens to share data from being the victim
@@ -97,7 +97,7 @@ class _Builder:
         meta = {
             "dataset": source.dataset, "arch": arch, "role": role, "train_defense": defense.label,
             "overlap": manifest.overlap if role == "shadow" and manifest.setting == "dependent" else "n/a",
-            "seed": seed, "n_train": len(split["train"]), "placebo": manifest.placebo and role == "victim",
+            "seed": seed, "n_train": len(split.train), "placebo": manifest.placebo and role == "victim",
             "dp": defense.name == "dp_sgd",
         }
         label = f"{role} {arch} on {source.dataset} ({defense.label}{', placebo' if meta['placebo'] else ''})"
@@ -109,8 +109,8 @@ class _Builder:
             "model": model_key,
             "dataset": source.dataset,
             "root": source.root,
-            "members": sorted(split["members"]),
-            "nonmembers": sorted(split["nonmembers"]),
+            "members": sorted(split.members),
+            "nonmembers": sorted(split.nonmembers),
             "image_size": self.grid.train.get("image_size"),
             "release": dict(self.grid.release),
         }

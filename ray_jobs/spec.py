@@ -13,13 +13,14 @@ from typing import Any
 
 import yaml
 
+from benchmark.data.labels import NUM_CLASSES
+from benchmark.defenses.output import OUTPUT_DEFENSE_PARAMS, check_output_defense_params
+from benchmark.defenses.training import TRAINING_DEFENSES, resolve_training_defense
 from benchmark.errors import SegleakError
 from benchmark.paths import project_root
 
 PROFILES_DIR = project_root() / "ray_jobs" / "profiles"
 DATASETS = ("cityscapes", "bdd100k", "mapillary")
-OUTPUT_DEFENSES = ("none", "argmax", "gaussian", "temperature", "topk")
-TRAINING_DEFENSES = ("dp_sgd", "label_smoothing", "mixup", "weight_decay", "early_stopping")
 ATTACKS = {"patch": ("slm", "concat", "posterior"), "loss_threshold": ("statistic",), "pixel_accuracy": ("statistic",)}
 CONTROLS = ("placebo",)
 
@@ -33,7 +34,7 @@ class DefenseSetting:
 
     @property
     def output_side(self) -> bool:
-        return self.name in OUTPUT_DEFENSES
+        return self.name in OUTPUT_DEFENSE_PARAMS
 
     @property
     def params_dict(self) -> dict[str, Any]:
@@ -103,10 +104,10 @@ _RELEASE_KEYS = {"output_stride", "batch_size"}
 _SPLIT_KEYS = {"victim_members", "victim_nonmembers", "shadow_members", "shadow_nonmembers"}
 _SYNTH_KEYS = {"n_train", "n_val", "size", "seed"}
 _RESOURCE_STAGES = {"train", "release", "attack", "cell"}
+# allowed parameters come from the defenses themselves, so the grid cannot drift from what they accept
 _DEFENSE_PARAMS = {
-    "none": set(), "argmax": set(), "gaussian": {"sigma"}, "temperature": {"t"}, "topk": {"k"},
-    "dp_sgd": {"noise_multiplier", "target_epsilon", "max_grad_norm", "delta"},
-    "label_smoothing": {"eps"}, "mixup": {"alpha"}, "weight_decay": {"value"}, "early_stopping": {"epochs"},
+    **{name: set(params) for name, params in OUTPUT_DEFENSE_PARAMS.items()},
+    **{name: required | optional for name, (required, optional) in TRAINING_DEFENSES.items()},
 }
 
 
@@ -159,9 +160,17 @@ def _defenses(check: _Checker, entries: Any) -> tuple[DefenseSetting, ...]:
         sweeps = {k: check.listify(v) for k, v in sorted(params.items())}
         for k, values in sweeps.items():
             for v in values:
-                check.number(f"{where}.{k}", v, low=0, integer=k in {"k", "epochs"})
+                check.number(f"{where}.{k}", v, low=0, integer=k == "k")
         for combo in itertools.product(*sweeps.values()):
-            out.append(DefenseSetting(name, tuple(zip(sweeps.keys(), combo))))
+            setting = DefenseSetting(name, tuple(zip(sweeps.keys(), combo)))
+            try:  # the defense's own validation, now rather than an hour into the run
+                if setting.output_side:
+                    check_output_defense_params(name, setting.params_dict, NUM_CLASSES)
+                else:
+                    resolve_training_defense(name, setting.params_dict, epochs=1, weight_decay=0.0)
+            except SegleakError as exc:
+                raise check.fail(where, str(exc)) from None
+            out.append(setting)
     if len(set(out)) != len(out):
         raise check.fail("defenses", "a defense setting is listed twice")
     return tuple(out)

@@ -55,6 +55,9 @@ def _write(tmp_path: Path, **changes) -> Path:
     ({"victim_archs": ["resnet_huge"]}, "unknown architecture 'resnet_huge'"),
     ({"resources": {"train": {"gpu": -1}}}, "resources.train.gpu: value -1 is outside"),
     ({"settings": [{"dataset": "kitti"}]}, "unknown value 'kitti'"),
+    ({"defenses": [{"name": "topk", "k": 50}]}, "defenses[0]: "),
+    ({"defenses": [{"name": "dp_sgd", "noise_multiplier": 1.0}]}, "max_grad_norm"),
+    ({"defenses": [{"name": "early_stopping", "fraction": 3}]}, "fraction"),
 ])
 def test_bad_grids_are_refused_with_a_clear_message(tmp_path, changes, message):
     with pytest.raises(SegleakError) as err:

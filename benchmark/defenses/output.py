@@ -55,7 +55,7 @@ OUTPUT_DEFENSES: dict[str, Callable[..., Tensor]] = {
     "temperature": temperature,
     "topk": topk,
 }
-_PARAMS: dict[str, tuple[str, ...]] = {
+OUTPUT_DEFENSE_PARAMS: dict[str, tuple[str, ...]] = {
     "none": (),
     "argmax": (),
     "gaussian": ("sigma",),
@@ -64,8 +64,8 @@ _PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _check_params(name: str, params: dict, num_classes: int) -> None:
-    expected = set(_PARAMS[name])
+def check_output_defense_params(name: str, params: dict, num_classes: int) -> None:
+    expected = set(OUTPUT_DEFENSE_PARAMS[name])
     if set(params) != expected:
         raise SegleakError(
             f"output defense {name!r} takes parameters {sorted(expected)}, got {sorted(params)}"
@@ -86,7 +86,7 @@ def apply_output_defense(
     """Apply the output defense `name` with its `params` (one place for validation, used by the grid)."""
     if name not in OUTPUT_DEFENSES:
         raise SegleakError(f"unknown output defense {name!r}; known: {sorted(OUTPUT_DEFENSES)}")
-    _check_params(name, params, probs.shape[1])
+    check_output_defense_params(name, params, probs.shape[1])
     if name == "gaussian":
         return gaussian(probs, params["sigma"], generator=generator)
     return OUTPUT_DEFENSES[name](probs, **params)
