@@ -58,7 +58,7 @@ cluster-test: install
 	$(PY) -m pytest -q tests/cluster $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m benchmark.perf --out $(RESULTS)/bench.json
+	$(PY) -m ray_jobs.perf --out $(RESULTS)/bench.json
 
 docker:
 	docker build -f docker/Dockerfile -t segleak:gpu .
