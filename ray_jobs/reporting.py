@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ray_jobs.plan import Plan, Unit
+from ray_jobs.scheduler import SKIPPED
 from ray_jobs.store import ResultStore
 from ray_jobs.tracking import Tracker
 
@@ -89,8 +90,10 @@ def _print_summary(summary: "Summary", report: dict[str, Any], tracker: Tracker,
           f"{counts['naive_models']} models", file=stream)
     print(f"time: {summary.wall_seconds:.0f} s wall, {summary.compute_seconds:.0f} s of unit compute", file=stream)
     if summary.failed:
-        print(f"FAILED: {len(summary.failed)} units", file=stream)
-        for key, error in sorted(summary.failed.items()):
+        causes = {k: e for k, e in summary.failed.items() if not e.startswith(SKIPPED)}
+        print(f"FAILED: {len(summary.failed)} units ({len(causes)} failed, "
+              f"{len(summary.failed) - len(causes)} skipped because of them)", file=stream)
+        for key, error in sorted(causes.items()):
             print(f"  {key}: {error}", file=stream)
     for name in ("leaderboard", "plots"):
         paths = [Path(p) for p in report.get(name, [])]

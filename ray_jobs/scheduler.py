@@ -17,9 +17,10 @@ import ray
 
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.store import ResultStore
-from ray_jobs.units import execute
+from ray_jobs.units import UnitCrashed, UnitRefused, execute
 
 STAGE_OF_KIND = {"model": "train", "release": "release", "attack": "attack", "cell": "cell"}
+SKIPPED = "skipped: upstream"
 DEFAULT_RESOURCES = {"train": {"cpu": 1, "gpu": 0}, "release": {"cpu": 1, "gpu": 0},
                      "attack": {"cpu": 1, "gpu": 0}, "cell": {"cpu": 1, "gpu": 0}}
 
@@ -35,7 +36,8 @@ class Outcome:
 def _one_line(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the task's own exception
     text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]
+    last = text[-1] if text else ""
+    return (last if isinstance(cause, (UnitRefused, UnitCrashed)) else f"{type(cause).__name__}: {last}")[:500]
 
 
 class Scheduler:
@@ -52,7 +54,8 @@ class Scheduler:
         res = self.resources[STAGE_OF_KIND[unit.kind]]
         threads = max(1, int(res["cpu"]))
         return self._remote.options(
-            num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=self.retries, retry_exceptions=True,
+            # Ray retries crashed workers and unexpected errors, not a unit refusing its input (it would again)
+            num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=self.retries, retry_exceptions=[UnitCrashed],
             name=f"segleak-{unit.kind}",
         ).remote(unit.kind, unit.key, unit.config, str(self.store.root), threads)
 
@@ -80,7 +83,8 @@ class Scheduler:
                 upstream_failed = [d for d in unit.deps if d in outcome.failed]
                 if upstream_failed:
                     waiting.remove(unit)
-                    error = f"skipped: upstream unit {upstream_failed[0]} failed ({outcome.failed[upstream_failed[0]]})"
+                    cause = outcome.failed[upstream_failed[0]]
+                    error = cause if cause.startswith(SKIPPED) else f"{SKIPPED} unit {upstream_failed[0]} failed ({cause})"
                     outcome.failed[unit.key] = error
                     finished += 1
                     self._print(finished, total, "-", unit, error)
@@ -101,7 +105,8 @@ class Scheduler:
                 except Exception as exc:  # noqa: BLE001 - a failed unit is reported, not fatal
                     error = _one_line(exc)
                     outcome.failed[unit.key] = error
-                    self._print(finished, total, "x", unit, f"FAILED after {self.retries} retries: {error}")
+                    refused = isinstance(getattr(exc, "cause", exc), UnitRefused)
+                    self._print(finished, total, "x", unit, f"FAILED{'' if refused else f' after {self.retries} retries'}: {error}")
                     self.on_failed(unit, error)
                     continue
                 elapsed = time.time() - started

@@ -8,6 +8,7 @@ runs complete without recomputing anything, and means workers on a cluster need 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -35,6 +36,7 @@ class Tracker:
     """One parent run per invocation; nested runs per trained model and per grid cell."""
 
     def __init__(self, tracking_uri: str, experiment: str, params: dict[str, Any]) -> None:
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "creating tables" notices
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri)

@@ -144,10 +144,23 @@ RUNNERS: dict[str, Callable[[str, dict[str, Any], ResultStore, int], dict[str, A
 }
 
 
+class UnitRefused(Exception):
+    """A unit that failed on its input (a SegleakError): deterministic, so Ray must not retry it."""
+
+
+class UnitCrashed(Exception):
+    """Any other error in a unit: worth a retry (a flaky node, a transient I/O error)."""
+
+
 def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_threads: int) -> dict[str, Any]:
     """Entry point of a Ray task: one unit, skipped if an earlier attempt already finished it."""
     torch.set_num_threads(max(1, num_threads))
     store = ResultStore(store_root)
     if store.is_done(kind, key):
         return store.read_unit(kind, key)["summary"]
-    return RUNNERS[kind](key, config, store, num_threads)
+    try:
+        return RUNNERS[kind](key, config, store, num_threads)
+    except SegleakError as exc:
+        raise UnitRefused(str(exc)) from None
+    except Exception as exc:
+        raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc

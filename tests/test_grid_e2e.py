@@ -1,0 +1,175 @@
+"""End to end on the smoke profile, through the real CLI, Ray, Lightning/mmseg and MLflow (SQLite).
+
+Slow: each invocation starts a local Ray instance and trains real (tiny) models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ray_jobs.spec import PROFILES_DIR
+
+pytestmark = pytest.mark.slow
+
+CELL_PARAMS = {"dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense",
+               "defense_params", "attack", "representation", "seed"}
+CELL_METRICS = {"auc", "auc_ci_low", "auc_ci_high", "balanced_accuracy", "precision", "recall", "victim_miou",
+                "n_members", "n_nonmembers"}
+MODEL_PARAMS = {"dataset", "arch", "role", "train_defense", "overlap", "seed", "n_train"}
+
+
+def segleak(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def ledger(results: Path) -> list[dict]:
+    path = results / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def runs(results: Path, kind: str) -> list:
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("segleak-smoke")
+    parents = client.search_runs([experiment.experiment_id], "tags.`segleak.kind` = 'invocation'",
+                                 order_by=["attributes.start_time DESC"])
+    latest = parents[0].info.run_id
+    return [r for r in client.search_runs([experiment.experiment_id], f"tags.`segleak.kind` = '{kind}'", max_results=5000)
+            if r.data.tags.get("mlflow.parentRunId") == latest]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    results = tmp_path_factory.mktemp("smoke")
+    started = time.time()
+    first = segleak("benchmark", "--profile", "smoke", "--results", str(results))
+    first_seconds = time.time() - started
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return results, first, first_seconds
+
+
+def test_mlflow_runs_follow_the_schema(smoke):
+    results, first, _ = smoke
+    models, cells = runs(results, "model"), runs(results, "attack")
+    assert len(models) == 4 and len(cells) == 15
+    for run in models:
+        assert MODEL_PARAMS <= set(run.data.params)
+        assert {"miou_train", "miou_heldout"} <= set(run.data.metrics)
+        assert ("dp_epsilon" in run.data.metrics) == run.data.params["train_defense"].startswith("dp_sgd")
+    dp = [r for r in models if "dp_epsilon" in r.data.metrics]
+    assert len(dp) == 1 and 0 < dp[0].data.metrics["dp_epsilon"] < 100
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    for run in cells:
+        assert CELL_PARAMS <= set(run.data.params)
+        # a metric may be absent only with its reason (e.g. precision when no image is called a member)
+        absent = CELL_METRICS - set(run.data.metrics)
+        assert all(f"segleak.missing.{name}" in run.data.tags for name in absent), absent
+        assert {"auc", "auc_ci_low", "auc_ci_high", "victim_miou", "n_members", "n_nonmembers"} <= set(run.data.metrics)
+        assert 0 <= run.data.metrics["auc_ci_low"] <= run.data.metrics["auc"] <= run.data.metrics["auc_ci_high"] <= 1
+        # 16 non-members cannot resolve a 1% (or 0.1%) FPR: missing, with the reason in a tag
+        for name in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
+            assert name not in run.data.metrics
+            assert "non-members" in run.data.tags[f"segleak.missing.{name}"]
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"roc.png", "scores.csv"}
+    placebo = [r for r in cells if r.data.params["control"] == "placebo"]
+    assert len(placebo) == 3
+    assert "== segleak summary ==" in first.stdout and "leaderboard:" in first.stdout
+
+
+def test_scores_artifact_matches_logged_auc(smoke):
+    from sklearn.metrics import roc_auc_score
+
+    results, _, _ = smoke
+    run = next(r for r in runs(results, "attack") if r.data.params["attack"] == "loss_threshold"
+               and r.data.params["defense"] == "none" and r.data.params["control"] == "none")
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    path = client.download_artifacts(run.info.run_id, "scores.csv")
+    import pandas as pd
+
+    scores = pd.read_csv(path)
+    assert list(scores.columns) == ["image_id", "is_member", "score"]
+    assert scores["is_member"].sum() == run.data.metrics["n_members"] == 16
+    assert roc_auc_score(scores["is_member"], scores["score"]) == pytest.approx(run.data.metrics["auc"], abs=1e-6)
+
+
+def test_training_loaded_exactly_the_member_list(smoke):
+    results, _, _ = smoke
+    for unit in (results / "model").iterdir():
+        config = json.loads((unit / "unit.json").read_text())["config"]
+        seen = json.loads((unit / "seen_train_ids.json").read_text())
+        assert sorted(seen) == sorted(config["train_ids"])
+        assert not set(seen) & set(config["heldout_ids"])
+
+
+def test_report_is_written(smoke):
+    results, _, _ = smoke
+    report = results / "report"
+    assert (report / "leaderboard" / "leaderboard.md").read_text().count("pspnet_tiny") >= 1
+    assert list((report / "plots").glob("*.png")) and list((report / "leakage").glob("*.png"))
+
+
+def test_second_invocation_recomputes_nothing(smoke):
+    results, _, first_seconds = smoke
+    before = ledger(results)
+    started = time.time()
+    second = segleak("benchmark", "--profile", "smoke", "--results", str(results))
+    seconds = time.time() - started
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert ledger(results) == before
+    assert "32 units in the plan: 32 already finished, 0 to run" in second.stdout
+    assert len(runs(results, "attack")) == 15  # the new invocation's runs are complete, from the store
+    assert seconds < first_seconds
+
+
+def test_killed_run_resumes_and_trains_every_model_once(tmp_path):
+    results = tmp_path / "killed"
+    driver = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "benchmark", "--profile", "smoke",
+                               "--results", str(results)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not any(e["kind"] == "model" for e in ledger(results)):
+        assert driver.poll() is None and time.time() < deadline, "the first model never finished"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished_before = Counter(e["kind"] for e in ledger(results))
+    assert finished_before["cell"] < 15  # killed mid-way
+    resumed = segleak("benchmark", "--profile", "smoke", "--results", str(results))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trained = Counter(e["key"] for e in ledger(results) if e["kind"] == "model")
+    assert len(trained) == 4 and set(trained.values()) == {1}
+    assert not list(results.glob("*/.tmp-*"))  # no half-written unit left behind
+    assert len(runs(results, "attack")) == 15
+
+
+def test_a_failing_unit_leaves_the_others_complete(tmp_path):
+    grid = yaml.safe_load((PROFILES_DIR / "smoke.yaml").read_text())
+    grid.update(name="segleak-smoke", controls=[], attacks=["loss_threshold"],
+                # an absurd weight decay drives the weights to inf: the NaN loss fails that model, by design
+                defenses=["none", "argmax", {"name": "weight_decay", "value": 1.0e30}])
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    results = tmp_path / "r"
+    run = segleak("benchmark", "--grid", str(path), "--results", str(results))
+    assert run.returncode == 1
+    assert "FAILED: 3 units (1 failed, 2 skipped because of them)" in run.stdout and "loss is nan" in run.stdout
+    cells = runs(results, "attack")
+    by_defense = {r.data.params["defense"]: r for r in cells}
+    assert by_defense["weight_decay"].info.status == "FAILED"
+    assert "upstream" in by_defense["weight_decay"].data.tags["segleak.error"]
+    assert by_defense["none"].info.status == by_defense["argmax"].info.status == "FINISHED"
+    assert "auc" in by_defense["argmax"].data.metrics
+    failed_models = [r for r in runs(results, "model") if r.info.status == "FAILED"]
+    assert len(failed_models) == 1 and "loss is nan" in failed_models[0].data.tags["segleak.error"]
+    board = (results / "report" / "leaderboard" / "leaderboard.md").read_text()
+    assert "failed" in board
