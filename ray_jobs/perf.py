@@ -59,7 +59,7 @@ class Sizes:
     dp_steps: int
 
 
-FULL = Sizes(8, (128, 256), 7, (64, 128), 8, 10, 3, 6)
+FULL = Sizes(8, (128, 256), 11, (64, 128), 8, 10, 4, 8)
 QUICK = Sizes(2, (16, 32), 2, (32, 64), 2, 2, 1, 2)
 
 
@@ -333,31 +333,55 @@ def make_stepper(private: bool, arch: str, data: RandomScenes, batch: int) -> Ca
     return step
 
 
+def _status_mib(field: str) -> float:
+    """A `VmRSS`/`VmHWM` line of /proc/self/status, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def dp_memory_worker(private: bool, arch: str, hw: tuple[int, int], batch: int, steps: int) -> dict[str, float]:
-    """In a fresh process: peak RSS (MiB) before and after `steps` steps (torch memory is invisible to tracemalloc)."""
+    """In a fresh process: RSS before the steps and its peak during them, in MiB (tracemalloc misses torch).
+
+    The peak is reset after set-up (`clear_refs` 5, Linux >= 4.0) so the imports' own high-water mark does not
+    hide what the steps need; without it the process-lifetime peak (`ru_maxrss`) is all there is.
+    """
     torch.set_num_threads(1)
     step = make_stepper(private, arch, RandomScenes(batch, hw), batch)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _status_mib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
     for _ in range(steps):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak_rss_mib": peak, "before_steps_mib": before, "step_growth_mib": peak - before}
+    peak = _status_mib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_rss_mib": peak, "before_steps_mib": before, "step_growth_mib": peak - before, "peak_reset": reset}
 
 
-def bench_dp(sizes: Sizes, arch: str = "pspnet_tiny") -> dict[str, Any]:
-    """DP-SGD vs plain step on the same GN model and batch: interleaved time, peak RSS in one process each."""
+def dp_memory(sizes: Sizes, arch: str, isolate: bool) -> dict[str, dict[str, float]]:
+    """Peak RSS of plain and DP steps, each in a fresh process (`isolate`), or here in turn (quick: no imports)."""
     from ray_jobs import perf  # by module name: `python -m` runs this file as __main__, which spawn cannot import
 
+    variants = {"plain": False, "dp": True}
     args = (arch, sizes.train_hw, sizes.train_batch, max(2, sizes.dp_steps // 2))
+    if not isolate:
+        return {name: dp_memory_worker(private, *args) for name, private in variants.items()}
     with ProcessPoolExecutor(2, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        memory = {name: pool.submit(perf.dp_memory_worker, private, *args)
-                  for name, private in (("plain", False), ("dp", True))}
-        data = RandomScenes(sizes.train_batch, sizes.train_hw)
-        with torch_threads(1):
-            t = interleaved({"plain": make_stepper(False, arch, data, sizes.train_batch),
-                             "dp": make_stepper(True, arch, data, sizes.train_batch)}, sizes.dp_steps)
-        mem = {name: f.result() for name, f in memory.items()}
-    return {"arch": arch, "norm": "GN (both)", "image_size": list(sizes.train_hw), "batch": sizes.train_batch,
+        futures = {name: pool.submit(perf.dp_memory_worker, private, *args) for name, private in variants.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def bench_dp(sizes: Sizes, isolate: bool, arch: str = "pspnet_tiny") -> dict[str, Any]:
+    """DP-SGD vs plain step on the same GN model and batch: interleaved time, then peak RSS of each."""
+    data = RandomScenes(sizes.train_batch, sizes.train_hw)
+    with torch_threads(1):
+        t = interleaved({"plain": make_stepper(False, arch, data, sizes.train_batch),
+                         "dp": make_stepper(True, arch, data, sizes.train_batch)}, sizes.dp_steps)
+    mem = dp_memory(sizes, arch, isolate)
+    return {"arch": arch, "norm": "GN (both)", "memory_in_fresh_processes": isolate, "image_size": list(sizes.train_hw), "batch": sizes.train_batch,
             "grad_sample_mode": "ew", "plain_step_s": t["plain"], "dp_step_s": t["dp"], "time_ratio": t["dp"] / t["plain"],
             "memory": mem, "peak_rss_ratio": mem["dp"]["peak_rss_mib"] / mem["plain"]["peak_rss_mib"]}
 
@@ -367,7 +391,7 @@ def training_rows(train: dict[str, Any], dpr: dict[str, Any]) -> list[Row]:
         Row(f"Lightning step vs plain loop ({train['arch']}, bs {train['batch']})",
             f"{train['lightning_step_s'] * 1e3:.0f} vs {train['plain_step_s'] * 1e3:.0f} ms (+{train['overhead']:.1%})",
             "< +10%", verdict(train["overhead"] < 0.10)),
-        Row("Lightning one-off set-up (fit -> first step)", f"{train['lightning_setup_s']:.2f} s", "-", "info"),
+        Row("Lightning one-off set-up (fit -> first step)", f"{train['lightning_setup_s'] * 1e3:.0f} ms", "-", "info"),
         Row("DP-SGD step vs plain step (GN, same batch)",
             f"{dpr['dp_step_s'] * 1e3:.0f} vs {dpr['plain_step_s'] * 1e3:.0f} ms ({dpr['time_ratio']:.2f}x)", "report", "info"),
         Row("DP-SGD peak RSS vs plain (step growth)",
@@ -441,13 +465,15 @@ def time_ray_init() -> float:
     return elapsed
 
 
-def top_entries(profile: cProfile.Profile, n: int = 8) -> list[dict[str, Any]]:
-    """The `n` functions of our own packages with the most cumulative time (what a fix could touch)."""
+def top_entries(profile: cProfile.Profile, n: int = 8, ours: bool = True) -> list[dict[str, Any]]:
+    """The `n` functions of our own packages with the most cumulative time (what a fix could touch), or,
+    with `ours=False`, the `n` functions of any code with the most time of their own (where time is spent)."""
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    ours = [(fn, s) for fn, s in stats.items() if fn[0].startswith(OUR_CODE)]
-    ours.sort(key=lambda kv: kv[1][3], reverse=True)
-    return [{"function": f"{Path(f[0]).relative_to(Path(OUR_CODE[0]).parent)}:{f[1]}({f[2]})", "calls": s[1],
-             "own_s": round(s[2], 3), "cumulative_s": round(s[3], 3)} for f, s in ours[:n]]
+    rows = [(fn, s) for fn, s in stats.items() if not ours or fn[0].startswith(OUR_CODE)]
+    rows.sort(key=lambda kv: kv[1][3 if ours else 2], reverse=True)
+    root = str(Path(OUR_CODE[0]).parent) + os.sep
+    return [{"function": f"{f[0].removeprefix(root)}:{f[1]}({f[2]})", "calls": s[1],
+             "own_s": round(s[2], 3), "cumulative_s": round(s[3], 3)} for f, s in rows[:n]]
 
 
 def replay_units(results: Path, scratch: Path) -> tuple[dict[str, float], cProfile.Profile]:
@@ -493,6 +519,7 @@ def bench_smoke(workdir: Path) -> dict[str, Any]:
             "wall_over_compute": first.wall_seconds / sum(in_process.values()), "cached_wall_s": second.wall_seconds,
             "cached_units": second.cached, "ray_init_s": ray_init,
             "driver_profile_cached_run": top_entries(driver), "units_profile_in_process": top_entries(unit_profile),
+            "units_profile_own_time": top_entries(unit_profile, ours=False),
             "release_files": sorted(str(p) for p in (results / "release").glob("*/outputs.npz"))}
 
 
@@ -549,7 +576,7 @@ def run(quick: bool, workdir: Path, log: Callable[[str], None]) -> dict[str, Any
     log("training steps ...")
     out["training"] = bench_training(sizes)
     log("DP-SGD steps ...")
-    out["dp"] = bench_dp(sizes)
+    out["dp"] = bench_dp(sizes, isolate=not quick)
     log("planning ...")
     out["planning"] = {p: bench_planning(p) for p in ("default", "paper")}
     out["smoke"] = None
@@ -601,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"* plan '{profile}': {plan['error']}")
     if result["smoke"]:
         print(format_profile(result["smoke"]["units_profile_in_process"], "\nsmoke units in-process, top of our code:"))
+        print(format_profile(result["smoke"]["units_profile_own_time"], "smoke units in-process, most own time (any code):"))
         print(format_profile(result["smoke"]["driver_profile_cached_run"], "driver, cached run, top of our code:"))
     print(f"\nwritten {out} ({result['bench_seconds']:.0f} s)")
     return 0
