@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from benchmark.data.splits import Manifest
+from benchmark.data.synth import ensure_synthetic_dataset
 from ray_jobs.spec import AttackSetting, DefenseSetting, Grid, Setting
 
 PLAN_VERSION = 1
@@ -40,12 +43,36 @@ class Unit:
 
 @dataclass
 class DataSource:
-    """Where a dataset's files are: a real root, or the synthetic copy the runner wrote."""
+    """Where a dataset's files are: a real root (a POSIX path on every node), or a `synthetic://` URI."""
 
     dataset: str
     root: str
     ids: tuple[str, ...]
     val_ids: tuple[str, ...]
+
+
+SYNTHETIC = "synthetic"
+
+
+def synthetic_root(dataset: str, n_train: int, n_val: int, size: tuple[int, int] | list[int], seed: int) -> str:
+    """The root of a synthetic dataset as a URI naming its parameters, not a machine's folder: the data is
+    deterministic, so each node regenerates the same bytes and nothing has to be shipped or shared."""
+    query = urlencode({"n_train": n_train, "n_val": n_val, "size": f"{size[0]}x{size[1]}", "seed": seed})
+    return f"{SYNTHETIC}://{dataset}?{query}"
+
+
+def local_data_root(root: str, data_dir: Path) -> Path:
+    """A DataSource root as a local folder; a synthetic one is written under `data_dir` on first use."""
+    parts = urlsplit(root)
+    if parts.scheme != SYNTHETIC:
+        return Path(root)
+    query = dict(parse_qsl(parts.query))
+    height, width = (int(v) for v in query["size"].split("x"))
+    synth = {"n_train": int(query["n_train"]), "n_val": int(query["n_val"]), "size": [height, width],
+             "seed": int(query["seed"])}
+    digest = hashlib.sha256(json.dumps(synth, sort_keys=True).encode()).hexdigest()[:10]
+    return ensure_synthetic_dataset(parts.netloc, data_dir / f"synthetic-{parts.netloc}-{digest}",
+                                    synth["n_train"], synth["n_val"], (height, width), synth["seed"])
 
 
 @dataclass

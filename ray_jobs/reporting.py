@@ -24,9 +24,9 @@ class Reporter:
 
     def unit_done(self, unit: Unit, summary: dict[str, Any]) -> None:
         if unit.kind == "model":
-            self.tracker.log_model(unit.key, unit.meta, summary, self.store.unit_dir("model", unit.key) / "model.pt")
+            self.tracker.log_model(unit.key, unit.meta, summary, f"{self.store.location('model', unit.key)}/model.pt")
         elif unit.kind == "cell":
-            cell_dir = self.store.unit_dir("cell", unit.key)
+            cell_dir = self.store.local_dir("cell", unit.key)
             roc = cell_dir / "roc.png"
             if not roc.exists():  # drawn on the driver: matplotlib stays out of the workers
                 from analysis.roc import plot_cell_roc
@@ -64,13 +64,14 @@ class Reporter:
     def finish(self, grid: "Grid", summary: "Summary", stream=sys.stdout) -> dict[str, Any]:
         from analysis.report import write_report
 
-        out = self.store.root / "report"
+        out = self.store.local_root / "report"
         report: dict[str, Any] = {}
         try:
             report = write_report(self.tracker.uri, grid.name, out, self.tracker.parent_id)
             if grid.leakage_maps:
                 report["leakage"] = self._leakage_maps(out / "leakage")
                 self.tracker.log_parent({}, out / "leakage", "leakage")
+            self.store.publish_dir("report")
         except Exception as exc:  # noqa: BLE001 - the runs are logged; a report problem must not hide them
             print(f"warning: could not write the report: {type(exc).__name__}: {exc}", file=stream)
         self.tracker.log_parent({

@@ -4,8 +4,6 @@ and write the leaderboard and plots.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -16,12 +14,11 @@ from typing import Any
 
 from benchmark.data.adapters import get_adapter
 from benchmark.data.splits import Manifest, dependent_manifest, independent_manifest
-from benchmark.data.synth import ensure_synthetic_dataset
 from benchmark.errors import SegleakError
 from benchmark.paths import default_tracking_uri
-from ray_jobs.plan import DataSource, build_plan
+from ray_jobs.plan import SYNTHETIC, DataSource, build_plan, local_data_root, synthetic_root
 from ray_jobs.spec import Grid, load_grid
-from ray_jobs.store import ResultStore
+from ray_jobs.store import CREDENTIAL_ENV, ResultStore
 
 SYNTHETIC_DEFAULTS = {"n_train": 200, "n_val": 100, "size": [64, 128], "seed": 0}
 
@@ -37,25 +34,22 @@ class Summary:
 
 
 def prepare_sources(grid: Grid, store: ResultStore) -> dict[str, DataSource]:
-    """Resolve each dataset's root (writing the synthetic copy once) and list its image ids."""
+    """Resolve each dataset's root (writing the synthetic copy once on this node) and list its image ids."""
     sources = {}
     for dataset, entry in grid.datasets.items():
-        root = entry["root"]
-        if root == "synthetic":
-            synth = {**SYNTHETIC_DEFAULTS, **grid.synthetic}
-            digest = hashlib.sha256(json.dumps(synth, sort_keys=True).encode()).hexdigest()[:10]
-            path = ensure_synthetic_dataset(dataset, store.root / "data" / f"synthetic-{dataset}-{digest}",
-                                            synth["n_train"], synth["n_val"], tuple(synth["size"]), synth["seed"])
+        if entry["root"] == SYNTHETIC:
+            root = synthetic_root(dataset, **{**SYNTHETIC_DEFAULTS, **grid.synthetic})
         else:
-            path = Path(root).expanduser().resolve()
+            root = str(Path(entry["root"]).expanduser().resolve())
+        path = local_data_root(root, store.data_dir)
         adapter = get_adapter(dataset)
         ids = tuple(s.id for s in adapter.list_samples(path))
         val_ids = tuple(s.id for s in adapter.list_samples(path, "val"))
-        sources[dataset] = DataSource(dataset, str(path), ids, val_ids)
+        sources[dataset] = DataSource(dataset, root, ids, val_ids)
     return sources
 
 
-def make_manifests(grid: Grid, sources: dict[str, DataSource], store: ResultStore) -> dict[tuple, Manifest]:
+def make_manifests(grid: Grid, sources: dict[str, DataSource], store: ResultStore, stream=sys.stdout) -> dict[tuple, Manifest]:
     """Every membership manifest the grid needs, written to the store next to its digest."""
     manifests: dict[tuple, Manifest] = {}
     for seed in grid.seeds:
@@ -87,20 +81,27 @@ def make_manifests(grid: Grid, sources: dict[str, DataSource], store: ResultStor
                               shadow_ids=shadow.ids, n_shadow_members=sizes.get("shadow_members", len(shadow.ids) // 2),
                               n_shadow_nonmembers=sizes.get("shadow_nonmembers", len(shadow.ids) // 2), seed=seed)
                 manifests[(seed, setting, 0.0, False)] = independent_manifest(**common)
-                if "placebo" in grid.controls:
-                    manifests[(seed, setting, 0.0, True)] = independent_manifest(
-                        placebo=True, placebo_ids=train_ids[n_members:], **common)
+                queried = set(common["victim_member_ids"]) | set(common["victim_nonmember_ids"])
+                spare = [i for i in victim.ids if i not in queried][:n_members]
+                if "placebo" in grid.controls and spare:
+                    manifests[(seed, setting, 0.0, True)] = independent_manifest(placebo=True, placebo_ids=spare, **common)
+                elif "placebo" in grid.controls:
+                    print(f"note: no placebo control for {setting.dataset} <- {setting.shadow_dataset}: every "
+                          f"{setting.dataset} image is in a query set (the dependent setting's placebo checks the "
+                          "pipeline)", file=stream)
     for manifest in manifests.values():
         store.write_json_atomic(f"splits/{manifest.digest()[:16]}.json", manifest.to_json())
     return manifests
 
 
-def _init_ray(address: str | None, max_concurrent: int | None) -> None:
+def _init_ray(address: str | None, max_concurrent: int | None, store: ResultStore) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                                   configure_logging=True)
+    if store.remote:  # workers on other nodes do not see the driver's environment: hand them the bucket's
+        kwargs["runtime_env"] = {"env_vars": {k: os.environ[k] for k in CREDENTIAL_ENV if k in os.environ}}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -114,11 +115,14 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
     started = time.time()
     grid = load_grid(profile, grid_file)
     store = ResultStore(results)
-    store.root.mkdir(parents=True, exist_ok=True)
+    if store.remote and not tracking_uri:
+        raise SegleakError(f"results in {store.root}: a bucket has no room for MLflow's SQLite file; pass "
+                           "--tracking-uri (an http:// tracking server, or sqlite:///ABSOLUTE/PATH/mlflow.db)")
+    store.prepare()
     tracking_uri = tracking_uri or default_tracking_uri(store.root)
     print(f"segleak: grid {grid.name!r} from {grid.source}; results in {store.root}; MLflow at {tracking_uri}", file=stream)
     sources = prepare_sources(grid, store)
-    plan = build_plan(grid, sources, make_manifests(grid, sources, store))
+    plan = build_plan(grid, sources, make_manifests(grid, sources, store, stream))
     counts = plan.counts()
     print("plan: " + ", ".join(f"{v} {k}" for k, v in counts.items()), file=stream, flush=True)
 
@@ -128,10 +132,10 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
 
     tracker = Tracker(tracking_uri, grid.name, {"profile": profile or ("custom" if grid_file else "default"),
                                                 "grid_name": grid.name, "grid_source": grid.source,
-                                                "results": str(store.root), "ray_address": address or "local"})
+                                                "results": store.root, "ray_address": address or "local"})
     reporter = Reporter(plan, store, tracker)
     store.sweep_stale()
-    _init_ray(address, max_concurrent)
+    _init_ray(address, max_concurrent, store)
     import ray
 
     try:

@@ -1,5 +1,6 @@
 """What each kind of unit computes. These run inside Ray tasks; each reads its inputs from the store by
-key and writes its outputs through `ResultStore.writing`, so a unit is a pure function of its config.
+key (`ResultStore.local_dir`: a download on a bucket) and writes its outputs through `ResultStore.writing`,
+so a unit is a pure function of its config.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from benchmark.metrics import membership_metrics
 from benchmark.metrics.segmentation import confusion_matrix, miou
 from benchmark.models.release import Released, defend, load_released, release_outputs, save_released
 from benchmark.models.train import TrainConfig, train_model
+from ray_jobs.plan import local_data_root
 from ray_jobs.store import ResultStore
 
 OUTPUTS = "outputs.npz"
@@ -44,7 +46,8 @@ def run_model(key: str, config: dict[str, Any], store: ResultStore, num_threads:
         defense_params=config["defense"]["params"], num_threads=num_threads, **train,
     )
     with store.writing("model", key, config) as out:
-        result = train_model(cfg, config["dataset"], Path(config["root"]), config["train_ids"], config["heldout_ids"], out)
+        data_root = local_data_root(config["root"], store.data_dir)
+        result = train_model(cfg, config["dataset"], data_root, config["train_ids"], config["heldout_ids"], out)
         (out / "seen_train_ids.json").write_text(json.dumps(sorted(result.seen_train_ids)))
         summary = _write_summary(out, dict(result.metrics))
     return summary
@@ -55,7 +58,8 @@ def run_release(key: str, config: dict[str, Any], store: ResultStore, num_thread
     ids = config["members"] + config["nonmembers"]
     with store.writing("release", key, config) as out:
         released = release_outputs(
-            store.unit_dir("model", config["model"]) / "model.pt", config["dataset"], Path(config["root"]), ids,
+            store.local_dir("model", config["model"]) / "model.pt", config["dataset"],
+            local_data_root(config["root"], store.data_dir), ids,
             image_size=image_size, **config["release"],
         )
         save_released(released, out / OUTPUTS)
@@ -67,7 +71,7 @@ def run_release(key: str, config: dict[str, Any], store: ResultStore, num_thread
 def load_query(store: ResultStore, release_key: str, defense: dict[str, Any], seed: int) -> tuple[Released, np.ndarray]:
     """A release passed through an output defense, with the membership label of each image."""
     record = store.read_unit("release", release_key)
-    released = load_released(store.unit_dir("release", release_key) / OUTPUTS)
+    released = load_released(store.local_dir("release", release_key) / OUTPUTS)
     members = set(record["config"]["members"])
     is_member = np.array([i in members for i in released.ids], dtype=bool)
     return defend(released, defense["name"], defense["params"], seed=seed), is_member
@@ -122,7 +126,7 @@ def run_cell(key: str, config: dict[str, Any], store: ResultStore, num_threads: 
     attack_record = store.read_unit("attack", config["attack"])
     query, is_member = load_query(store, config["release"], config["output_defense"], seed=config["seed"])
     started = time.time()
-    scores = _scores(store.unit_dir("attack", config["attack"]), attack_record, query, num_threads)
+    scores = _scores(store.local_dir("attack", config["attack"]), attack_record, query, num_threads)
     if not np.all(np.isfinite(scores)):
         raise SegleakError(f"attack {config['attack']} produced non-finite scores on release {config['release']}")
     metrics = membership_metrics(scores, is_member, threshold=attack_record["summary"]["threshold"], seed=config["seed"])

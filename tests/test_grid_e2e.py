@@ -19,6 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ray_jobs.spec import PROFILES_DIR
+from ray_jobs.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,7 @@ def segleak(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def ledger(results: Path) -> list[dict]:
-    path = results / "ledger.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return ResultStore(results).ledger()
 
 
 def runs(results: Path, kind: str) -> list:
