@@ -54,6 +54,17 @@ def test_placebo_keeps_query_sets_and_shadow():
     assert placebo.shadow == normal.shadow
 
 
+def test_placebo_falls_back_to_shadow_images_never_to_query_sets():
+    # overlap 0: the shadow uses its whole pool of 250, leaving 10 images that nobody uses
+    normal = dep(0.0, n_shadow_members=150, n_shadow_nonmembers=100)
+    placebo = dep(0.0, placebo=True, n_shadow_members=150, n_shadow_nonmembers=100)
+    v, shadow = placebo.victim, set(placebo.shadow.members) | set(placebo.shadow.nonmembers)
+    assert len(v.train) == 80 and not set(v.train) & (set(v.members) | set(v.nonmembers))
+    unused = set(IDS) - set(v.members) - set(v.nonmembers) - shadow
+    assert len(unused) == 10 and unused <= set(v.train) and len(set(v.train) & shadow) == 70
+    assert placebo.shadow == normal.shadow
+
+
 def test_same_seed_byte_identical_other_seed_different(tmp_path):
     a, b, c = dep(seed=3), dependent_manifest(list(reversed(IDS)), dataset="cityscapes", overlap=0.5, seed=3, **SIZES), dep(seed=4)
     assert a.to_json() == b.to_json() and a.digest() == b.digest()
@@ -69,7 +80,6 @@ def test_same_seed_byte_identical_other_seed_different(tmp_path):
     ({"n_victim_members": 500}, "500 victim members"),
     ({"n_shadow_members": 300}, "pools too small"),
     ({"n_shadow_nonmembers": 0}, "n_shadow_nonmembers must be >= 1, got 0"),
-    ({"placebo": True, "n_shadow_members": 150, "n_shadow_nonmembers": 100}, "placebo"),
     ({"seed": -1}, "seed"),
 ])
 def test_dependent_refusals(kwargs, match):
@@ -150,9 +160,11 @@ def test_paper_recipe_sizes(monkeypatch):
     assert (len(m.victim.members), len(m.victim.nonmembers), len(m.shadow.members), len(m.shadow.nonmembers)) == \
         (1488, 912, 555, 520)
     assert all(i.startswith("train/") for i in m.victim.members + m.victim.nonmembers)
-    with pytest.raises(SegleakError, match="pools too small.*placebo"):
-        make_manifest("cityscapes", "/fake", overlap=0.0, seed=0, recipe="paper", shadow_dataset=None,
-                      shadow_root=None, placebo=True)
+    placebo = make_manifest("cityscapes", "/fake", overlap=0.0, seed=0, recipe="paper", shadow_dataset=None,
+                            shadow_root=None, placebo=True)
+    # every image is in a query set or the shadow's pool: the placebo victim trains on the 1075 shadow-pool images
+    assert len(placebo.victim.train) == 1075
+    assert not set(placebo.victim.train) & (set(placebo.victim.members) | set(placebo.victim.nonmembers))
 
 
 def test_cli_splits(synthetic_tree, tmp_path, capsys):

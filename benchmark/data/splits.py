@@ -126,9 +126,10 @@ def _validate(m: Manifest) -> None:
     if not m.placebo and m.victim.train != m.victim.members:
         raise SegleakError("manifest: the victim must train on exactly its members")
     if m.setting == "dependent":
-        seen = victim_query | set(m.victim.train)
-        from_victim = set(m.shadow.members) & seen
-        if from_victim - set(m.victim.members) or set(m.shadow.nonmembers) & seen:
+        # stated on the query sets: a normal victim trains on its members; a placebo victim may train on
+        # shadow images, which it never queries
+        from_victim = set(m.shadow.members) & victim_query
+        if from_victim - set(m.victim.members) or set(m.shadow.nonmembers) & victim_query:
             raise SegleakError("manifest: shadow ids outside the overlap must be images the victim never saw")
         if len(from_victim) != round(m.overlap * len(m.shadow.members)):
             raise SegleakError(f"manifest: {len(from_victim)} shadow members come from the victim, overlap "
@@ -184,18 +185,19 @@ def dependent_manifest(ids: Sequence[str], *, dataset: str, n_victim_members: in
     members, nonmembers = victim[:n_victim_members], victim[n_victim_members:n_victim]
     rest = _shuffled(set(ids) - set(members) - set(nonmembers), _rng(seed, 1))
     n_fresh = n_shadow_members + n_shadow_nonmembers
-    needed = n_fresh + (n_victim_members if placebo else 0)
-    if needed > len(rest):
+    if n_fresh > len(rest):
         raise SegleakError(
-            f"pools too small: the shadow needs {n_fresh} images the victim never saw"
-            + (f" and the placebo victim {n_victim_members} more" if placebo else "")
-            + f", but only {len(rest)} of {len(ids)} {dataset} images are left after the victim's {n_victim}"
+            f"pools too small: the shadow needs {n_fresh} images the victim never saw, but only {len(rest)} "
+            f"of {len(ids)} {dataset} images are left after the victim's {n_victim}"
         )
     k = round(overlap * n_shadow_members)
     shared = _shuffled(members, _rng(seed, 2))[:k]
     fresh = rest[:n_fresh]
     shadow_members = shared + fresh[: n_shadow_members - k]
-    victim_train = rest[n_fresh:needed] if placebo else members
+    # the placebo victim must never see either query set; images nobody uses come first, then the shadow's
+    # (the attack never sees the placebo victim's training data), so even the paper's sizes, which use
+    # every image, leave it up to n_victim_members images to train on
+    victim_train = (rest[n_fresh:] + rest[:n_fresh])[:n_victim_members] if placebo else members
     return Manifest(
         setting="dependent", dataset=dataset, shadow_dataset=dataset, seed=seed, overlap=float(overlap),
         placebo=placebo, victim=RoleSplit.of(victim_train, members, nonmembers),
