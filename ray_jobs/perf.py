@@ -583,8 +583,9 @@ def run(quick: bool, workdir: Path, log: Callable[[str], None]) -> dict[str, Any
     if not quick:
         log("smoke profile (twice) and in-process replay ...")
         out["smoke"] = bench_smoke(workdir)
-    paths = [Path(p) for p in out["smoke"]["release_files"]] if out["smoke"] else [make_release(workdir / "outputs.npz")]
-    out["release"] = bench_release(paths)
+    smoke_files = [Path(p) for p in out["smoke"]["release_files"]] if out["smoke"] else []
+    out["release"] = bench_release(smoke_files or [make_release(workdir / "outputs.npz")])
+    out["release"]["source"] = "smoke run" if smoke_files else "synthetic posteriors"
     rows = (feature_rows(out["features"]) + training_rows(out["training"], out["dp"]) + planning_rows(out["planning"])
             + smoke_rows(out["smoke"], out["release"]))
     out["table"] = [r.__dict__ for r in rows]
