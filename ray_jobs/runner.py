@@ -98,10 +98,13 @@ def _init_ray(address: str | None, max_concurrent: int | None, store: ResultStor
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                                  configure_logging=True)
+    # workers allocate large fresh tensors (posterior maps, attack inputs): transparent huge pages in torch's
+    # CPU allocator cut their first-touch page faults (the concatenation input builds ~2.5x faster)
+    env_vars = {"THP_MEM_ALLOC_ENABLE": "1"}
     if store.remote:  # workers on other nodes do not see the driver's environment: hand them the bucket's
-        kwargs["runtime_env"] = {"env_vars": {k: os.environ[k] for k in CREDENTIAL_ENV if k in os.environ}}
+        env_vars.update({k: os.environ[k] for k in CREDENTIAL_ENV if k in os.environ})
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                                  configure_logging=True, runtime_env={"env_vars": env_vars})
     if address:
         ray.init(address=address, **kwargs)
     else:

@@ -22,18 +22,19 @@ def label_mask(probs: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor
             f"expected probs [B,C,H,W] and labels [B,H,W], got {tuple(probs.shape)} and {tuple(labels.shape)}"
         )
     valid = labels != ignore_index
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
-    if safe.numel() and (safe.min() < 0 or safe.max() >= probs.shape[1]):
-        raise SegleakError(f"labels must lie in [0, {probs.shape[1]}) or equal ignore_index={ignore_index}")
+    safe = labels.long().masked_fill(~valid, 0)
+    if safe.numel():
+        low, high = torch.aminmax(safe)
+        if low < 0 or high >= probs.shape[1]:
+            raise SegleakError(f"labels must lie in [0, {probs.shape[1]}) or equal ignore_index={ignore_index}")
     return valid, safe
 
 
 def structured_loss_map(probs: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
     """Per-pixel cross-entropy `-log(max(p_y, EPS))` `[B,1,H,W]`, 0 at ignored pixels (the paper's SLM)."""
     valid, safe = label_mask(probs, labels, ignore_index)
-    p_y = probs.gather(1, safe.unsqueeze(1))
-    loss = -p_y.clamp_min(EPS).log()
-    return torch.where(valid.unsqueeze(1), loss, torch.zeros_like(loss))
+    loss = probs.gather(1, safe.unsqueeze(1))  # a fresh tensor: the chain below works in place on it
+    return loss.clamp_min_(EPS).log_().neg_().masked_fill_(~valid.unsqueeze(1), 0.0)
 
 
 def concatenation(probs: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
