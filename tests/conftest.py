@@ -19,3 +19,12 @@ def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         return ensure_synthetic_dataset(layout, root, n_train, n_val, size, seed)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_cityscapes(synthetic_tree: Callable[..., Path]) -> tuple[Path, list[str]]:
+    """(root, the 10 train-split ids) of a small synthetic Cityscapes tree, for model tests to slice."""
+    from benchmark.data.adapters import get_adapter
+
+    root = synthetic_tree("cityscapes", n_train=10, n_val=4)
+    return root, [s.id for s in get_adapter("cityscapes").list_samples(root, "train")]

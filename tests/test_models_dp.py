@@ -11,20 +11,17 @@ import torch.nn.functional as F
 from opacus import GradSampleModule
 from opacus.grad_sample import GradSampleModuleExpandedWeights
 
-from benchmark.data.adapters import get_adapter
-from benchmark.models.builder import build_segmentor
+from benchmark.models.builder import build_segmentor, list_architectures
 from benchmark.models.dp import grad_sample_mode, prepare_for_dp
 from benchmark.models.lightning_module import SegmentationNet
 from benchmark.models.train import TrainConfig, load_model, train_model
 
-TINY = ["pspnet_tiny", "upernet_tiny", "deeplabv3plus_tiny", "segformer_tiny"]
+TINY = [arch for arch in list_architectures() if arch.endswith("_tiny")]
 
 
 @pytest.fixture(scope="module")
-def data(synthetic_tree):
-    root = synthetic_tree("cityscapes", n_train=10, n_val=4)
-    ids = [s.id for s in get_adapter("cityscapes").list_samples(root)]
-    train = [i for i in ids if i.startswith("train/")]
+def data(small_cityscapes):
+    root, train = small_cityscapes
     return root, train[:8], train[8:]
 
 

@@ -8,20 +8,18 @@ import json
 import pytest
 import torch
 
-from benchmark.data.adapters import get_adapter
 from benchmark.defenses.training import resolve_training_defense
 from benchmark.errors import SegleakError
+from benchmark.models.builder import list_architectures
 from benchmark.models.lightning_module import SegmentationModule
 from benchmark.models.train import TrainConfig, load_model, train_model
 
-TINY = ["pspnet_tiny", "upernet_tiny", "deeplabv3plus_tiny", "segformer_tiny"]
+TINY = [arch for arch in list_architectures() if arch.endswith("_tiny")]
 
 
 @pytest.fixture(scope="module")
-def data(synthetic_tree):
-    root = synthetic_tree("cityscapes", n_train=10, n_val=4)
-    ids = [s.id for s in get_adapter("cityscapes").list_samples(root)]
-    train = [i for i in ids if i.startswith("train/")]
+def data(small_cityscapes):
+    root, train = small_cityscapes
     # members: 6 of the train split; held out: the other 4 train images (never fed to training)
     return root, train[:6], train[6:]
 
