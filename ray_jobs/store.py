@@ -66,7 +66,7 @@ class ResultStore:
 
     def location(self, kind: str, key: str) -> str:
         """Where a unit lives, as a path or URL to show users (checkpoint tags, messages)."""
-        return "/".join((self.root, kind, key))
+        return f"{self.root}/{kind}/{key}"
 
     @property
     def data_dir(self) -> Path:
@@ -177,14 +177,13 @@ class ResultStore:
         os.replace(tmp, target)
 
     def append_ledger(self, event: dict[str, Any]) -> None:
-        now = time.time()
-        name = f"{LEDGER}/{time.time_ns():020d}-{event.get('key', 'event')}-{uuid.uuid4().hex[:8]}.json"
-        self._write_bytes(name, json.dumps({**event, "time": now}, sort_keys=True).encode())
+        name = f"{LEDGER}/{time.time_ns():020d}-{event['key']}-{uuid.uuid4().hex[:8]}.json"
+        self._write_bytes(name, json.dumps({**event, "time": time.time()}, sort_keys=True).encode())
 
     def ledger(self) -> list[dict[str, Any]]:
         """Every ledger event, oldest first."""
-        names = [p for p in self.fs.find(self._path(LEDGER)) if p.endswith(".json")
-                 and not p.rsplit("/", 1)[-1].startswith(TEMP_PREFIX)]
+        # an event still being written on a path is `.tmp-<name>.json-<hex>`: not listed
+        names = [p for p in self.fs.find(self._path(LEDGER)) if p.endswith(".json")]
         events = [json.loads(blob) for blob in self.fs.cat(names).values()] if names else []
         return sorted(events, key=lambda e: e["time"])
 
@@ -205,7 +204,7 @@ class ResultStore:
         """Small driver-side files (manifests): written whole, returned as their path or URL."""
         text = payload if isinstance(payload, str) else json.dumps(payload, indent=1, sort_keys=True)
         self._write_bytes(relative, text.encode())
-        return "/".join((self.root, relative))
+        return f"{self.root}/{relative}"
 
     def publish_dir(self, relative: str) -> str:
         """Make a folder written under `local_root` (the report) visible at the root; returns where it is."""
@@ -214,4 +213,4 @@ class ResultStore:
             files = sorted(p for p in local.rglob("*") if p.is_file())
             if files:
                 self.fs.put([str(p) for p in files], [self._path(relative, p.relative_to(local).as_posix()) for p in files])
-        return "/".join((self.root, relative))
+        return f"{self.root}/{relative}"

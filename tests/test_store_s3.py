@@ -7,10 +7,7 @@ for MinIO; every test gets its own bucket and its own local cache.
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import pytest
 import s3fs
 from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
+from test_grid_e2e import segleak  # the CLI in a subprocess, as a user runs it
 
 from benchmark.errors import SegleakError
 from ray_jobs.plan import local_data_root, synthetic_root
@@ -153,11 +151,6 @@ def test_synthetic_roots_regenerate_identical_bytes_on_every_node(tmp_path):
     assert len(files) == 3 * 3  # image, labelIds and trainIds of 3 samples
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
     assert local_data_root("/data/cityscapes", tmp_path) == Path("/data/cityscapes")
-
-
-def segleak(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def test_cli_refuses_a_missing_bucket_and_a_bucket_without_tracking_uri(bucket, tmp_path):
