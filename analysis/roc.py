@@ -40,13 +40,13 @@ def _panel(ax, curves: list[tuple[str, np.ndarray, np.ndarray]], colours: dict[s
     ax.legend(fontsize=7, loc="lower right")
 
 
-def plot_cell_roc(scores: pd.DataFrame, out: Path, title: str) -> Path:
+def plot_cell_roc(scores: pd.DataFrame, out: Path, title: str, attack: str) -> Path:
     """The `roc.png` artifact of one grid cell: its attack's log-log ROC on the victim's queries."""
     is_member = scores["is_member"].to_numpy(bool)
     fpr, tpr, _ = roc_curve(scores["score"].to_numpy(float), is_member)
     fig = new_figure(5.0, 4.4)
     ax = fig.subplots()
-    _panel(ax, [("attack", fpr, tpr)], {"attack": "tab:blue"}, 1 / max(1, (~is_member).sum()),
+    _panel(ax, [(attack, fpr, tpr)], {attack: "tab:blue"}, 1 / max(1, (~is_member).sum()),
            1 / max(1, is_member.sum()), textwrap.fill(title, 60))
     ax.set(xlabel="False positive rate", ylabel="True positive rate")
     fig.savefig(out, dpi=120)

@@ -31,7 +31,8 @@ class Reporter:
             if not roc.exists():  # drawn on the driver: matplotlib stays out of the workers
                 from analysis.roc import plot_cell_roc
 
-                plot_cell_roc(pd.read_csv(cell_dir / "scores.csv"), roc, title=unit.label)
+                plot_cell_roc(pd.read_csv(cell_dir / "scores.csv"), roc, title=unit.label,
+                              attack=f"{unit.meta['attack']}/{unit.meta['representation']}")
             victim = self.store.read_unit("model", unit.meta["victim_model"])["summary"]
             self.tracker.log_cell(unit.key, unit.meta, summary, [cell_dir / "scores.csv", roc], victim)
 

@@ -118,11 +118,8 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
     started = time.time()
     grid = load_grid(profile, grid_file)
     store = ResultStore(results)
-    if store.remote and not tracking_uri:
-        raise SegleakError(f"results in {store.root}: a bucket has no room for MLflow's SQLite file; pass "
-                           "--tracking-uri (an http:// tracking server, or sqlite:///ABSOLUTE/PATH/mlflow.db)")
+    tracking_uri = tracking_uri or default_tracking_uri(store.root)  # refuses a bucket: no SQLite file there
     store.prepare()
-    tracking_uri = tracking_uri or default_tracking_uri(store.root)
     print(f"segleak: grid {grid.name!r} from {grid.source}; results in {store.root}; MLflow at {tracking_uri}", file=stream)
     sources = prepare_sources(grid, store)
     plan = build_plan(grid, sources, make_manifests(grid, sources, store, stream))

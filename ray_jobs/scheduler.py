@@ -9,7 +9,6 @@ unrelated ones. Each finished unit prints one line, instead of Ray's log stream.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -76,7 +75,7 @@ class Scheduler:
             if unit.key in outcome.cached:
                 self.on_done(unit, outcome.done[unit.key])
         waiting = [u for u in units if u.key not in outcome.cached]
-        in_flight: dict[ray.ObjectRef, tuple[Unit, float]] = {}
+        in_flight: dict[ray.ObjectRef, Unit] = {}
         finished = len(outcome.cached)
         while waiting or in_flight:
             for unit in list(waiting):
@@ -91,14 +90,14 @@ class Scheduler:
                     self.on_failed(unit, error)
                 elif len(in_flight) < self.max_concurrent and all(d in outcome.done for d in unit.deps):
                     waiting.remove(unit)
-                    in_flight[self._submit(unit)] = (unit, time.time())
+                    in_flight[self._submit(unit)] = unit
             if not in_flight:
                 if waiting:  # cannot happen for a plan built by build_plan; guards against a silent spin
                     raise RuntimeError(f"scheduler stalled: {waiting[0].key} waits on units that never ran")
                 break
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
-                unit, started = in_flight.pop(ref)
+                unit = in_flight.pop(ref)
                 finished += 1
                 try:
                     summary = ray.get(ref)
@@ -109,15 +108,16 @@ class Scheduler:
                     self._print(finished, total, "x", unit, f"FAILED{'' if refused else f' after {self.retries} retries'}: {error}")
                     self.on_failed(unit, error)
                     continue
-                elapsed = time.time() - started
-                outcome.compute_seconds += float(self.store.read_unit(unit.kind, unit.key).get("seconds", 0.0))
+                # the unit's own compute time; the time since submission also counts waiting for a free CPU
+                seconds = float(self.store.read_unit(unit.kind, unit.key).get("seconds", 0.0))
+                outcome.compute_seconds += seconds
                 outcome.done[unit.key] = summary
-                self._print(finished, total, "+", unit, _brief(unit, summary, elapsed))
+                self._print(finished, total, "+", unit, _brief(unit, summary, seconds))
                 self.on_done(unit, summary)
         return outcome
 
 
-def _brief(unit: Unit, summary: dict[str, Any], elapsed: float) -> str:
+def _brief(unit: Unit, summary: dict[str, Any], seconds: float) -> str:
     if unit.kind == "model":
         text = f"mIoU train {summary.get('miou_train', float('nan')):.3f} / held-out {summary.get('miou_heldout', float('nan')):.3f}"
         if "dp_epsilon" in summary:
@@ -128,4 +128,4 @@ def _brief(unit: Unit, summary: dict[str, Any], elapsed: float) -> str:
         text = f"shadow AUC {summary.get('shadow_auc', float('nan')):.3f}"
     else:
         text = f"{summary.get('n_images', '?')} images"
-    return f"{text}  ({elapsed:.1f} s)"
+    return f"{text}  ({seconds:.1f} s)"

@@ -62,7 +62,7 @@ class Tracker:
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 
-    def log_model(self, key: str, meta: dict[str, Any], summary: dict[str, Any], checkpoint: Path) -> None:
+    def log_model(self, key: str, meta: dict[str, Any], summary: dict[str, Any], checkpoint: str | Path) -> None:
         run_id = self._nested(f"{meta['role']} {meta['arch']} {meta['dataset']} {meta['train_defense']}", "model",
                               {k: meta[k] for k in MODEL_PARAMS},
                               {"segleak.unit": key, "segleak.checkpoint": str(checkpoint),

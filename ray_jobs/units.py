@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,9 +95,9 @@ def _scores(attack_dir: Path, record: dict[str, Any], query: Released, num_threa
 
 
 def run_attack(key: str, config: dict[str, Any], store: ResultStore, num_threads: int) -> dict[str, Any]:
-    # the shadow's outputs get their own noise draw (seed + 1), independent of the victim's
-    query, is_member = load_query(store, config["release"], config["output_defense"], seed=config["seed"] + 1)
     with store.writing("attack", key, config) as out:
+        # the shadow's outputs get their own noise draw (seed + 1), independent of the victim's
+        query, is_member = load_query(store, config["release"], config["output_defense"], seed=config["seed"] + 1)
         summary: dict[str, Any] = {}
         if config["attack"] == "patch":
             hard = is_hard(config["output_defense"]["name"])
@@ -123,22 +122,20 @@ def run_attack(key: str, config: dict[str, Any], store: ResultStore, num_threads
 
 
 def run_cell(key: str, config: dict[str, Any], store: ResultStore, num_threads: int) -> dict[str, Any]:
-    attack_record = store.read_unit("attack", config["attack"])
-    query, is_member = load_query(store, config["release"], config["output_defense"], seed=config["seed"])
-    started = time.time()
-    scores = _scores(store.local_dir("attack", config["attack"]), attack_record, query, num_threads)
-    if not np.all(np.isfinite(scores)):
-        raise SegleakError(f"attack {config['attack']} produced non-finite scores on release {config['release']}")
-    metrics = membership_metrics(scores, is_member, threshold=attack_record["summary"]["threshold"], seed=config["seed"])
-    heldout = torch.from_numpy(~is_member)
-    conf = confusion_matrix(query.probs[heldout].argmax(1), query.labels[heldout].long(), query.probs.shape[1])
-    metrics["victim_miou"] = miou(conf)
     with store.writing("cell", key, config) as out:
+        attack_record = store.read_unit("attack", config["attack"])
+        query, is_member = load_query(store, config["release"], config["output_defense"], seed=config["seed"])
+        scores = _scores(store.local_dir("attack", config["attack"]), attack_record, query, num_threads)
+        if not np.all(np.isfinite(scores)):
+            raise SegleakError(f"attack {config['attack']} produced non-finite scores on release {config['release']}")
+        metrics = membership_metrics(scores, is_member, threshold=attack_record["summary"]["threshold"], seed=config["seed"])
+        heldout = torch.from_numpy(~is_member)
+        conf = confusion_matrix(query.probs[heldout].argmax(1), query.labels[heldout].long(), query.probs.shape[1])
+        metrics["victim_miou"] = miou(conf)
         with open(out / "scores.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image_id", "is_member", "score"])
             writer.writerows(zip(query.ids, is_member.astype(int), scores.round(6)))
-        metrics["seconds"] = time.time() - started
         summary = _write_summary(out, metrics)
     return summary
 
