@@ -8,6 +8,7 @@ architecture (`aggregate.worst_case`): the leakage a defense leaves in the worst
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,9 +62,15 @@ def _frontier_panel(ax: Axes, rows: pd.DataFrame, metric: str, ylabel: str, chan
             ax.annotate(str(i), (row.victim_miou_mean, getattr(row, metric)), fontsize=8, fontweight="bold",
                         xytext=(7, 7), textcoords="offset points")
         title = "Pareto front (circled):\n" + "\n".join(f"{i}  {n}" for i, n in enumerate(front["defense_label"], start=1))
+    if absent and rows.empty:
+        ax.text(0.5, 0.5, textwrap.fill("no cell has enough non-members to resolve this rate (a TPR at 1% FPR "
+                                        "needs at least 100)", 40), transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, color="0.35")
+        ax.set(xticks=[], yticks=[], xlabel="Victim mIoU on held-out data (utility, higher is better)", ylabel=ylabel)
+        return
     if absent:
-        ax.text(0.99, 0.01, "not resolvable, not shown: " + ", ".join(absent), transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=7, color="0.35")
+        ax.text(0.99, 0.01, textwrap.fill("not resolvable, not shown: " + ", ".join(absent), 55),
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
     ax.axhline(chance, c="0.6", ls=":", lw=1, label="chance")
     ax.margins(x=0.08, y=0.08)
     ax.set(xlabel="Victim mIoU on held-out data (utility, higher is better)", ylabel=ylabel)
@@ -103,7 +110,8 @@ def plot_frontier(worst: pd.DataFrame, out: Path) -> list[Path]:
 
 def plot_overlap_heatmap(best: pd.DataFrame, out: Path) -> list[Path]:
     """AUC of the undefended victim over shadow overlap x architecture, one panel per setting."""
-    undefended = best[best["defense"] == "none"]
+    # overlap only exists in the dependent setting (the independent shadow comes from another dataset)
+    undefended = best[(best["defense"] == "none") & best["shadow_overlap"].notna()]
     panels = [(k, r) for k, r in undefended.groupby(SETTING_KEYS, sort=True) if len(r) > 1]
     if not panels:
         return skip("overlap heatmap", "fewer than two undefended cells in every setting")

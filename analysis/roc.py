@@ -69,7 +69,8 @@ def _figure(
         floor_x = min(floor_x, 1 / int((scores["is_member"] == 0).sum()))
         floor_y = min(floor_y, 1 / int((scores["is_member"] == 1).sum()))
     labels = [label for label in labels if label in curves]
-    name = f"ROC {arch} at overlap {overlap:g} ({dataset} vs {shadow_dataset})"
+    where = "no shadow overlap (independent setting)" if math.isnan(overlap) else f"shadow overlap {overlap:g}"
+    name = f"ROC {arch}, {where} ({dataset} vs {shadow_dataset})"
     if not labels:
         return skip(name, "no scores.csv artifact in its cells")
     ncols = min(MAX_COLS, len(labels))
@@ -85,9 +86,10 @@ def _figure(
     fig.supylabel("True positive rate")
     shadow = "" if shadow_arch == arch else f", shadow {shadow_arch}"
     title = (f"Log-log ROC per defense: {setting} setting ({dataset} victim, {shadow_dataset} shadow), "
-             f"victim {arch}{shadow}, shadow overlap {overlap:g}; lowest seed")
+             f"victim {arch}{shadow}, {where}; lowest seed")
     fig.suptitle(textwrap.fill(title, width=int(width * 10)))
-    return save(fig, out, slug("roc", setting, dataset, shadow_dataset, arch, shadow_arch, f"ov{overlap:g}"))
+    suffix = () if math.isnan(overlap) else (f"ov{overlap:g}",)
+    return save(fig, out, slug("roc", setting, dataset, shadow_dataset, arch, shadow_arch, *suffix))
 
 
 def write_roc_plots(runs: GridRuns, out: Path) -> list[Path]:
