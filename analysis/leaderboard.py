@@ -137,15 +137,15 @@ def _victims_section(models: pd.DataFrame) -> Section:
     """The victims' train vs held-out mIoU: the generalisation gap that membership inference feeds on."""
     section = Section(
         "victim models: training vs held-out mIoU",
-        ["dataset", "arch", "training defense", "seed", "n_train", "mIoU train", "mIoU held-out", "gap", "DP ε"],
+        ["dataset", "split", "arch", "training defense", "seed", "n_train", "mIoU train", "mIoU held-out", "gap", "DP ε"],
     )
-    for _, row in models.sort_values(["dataset", "arch", "train_defense", "seed"]).iterrows():
+    for _, row in models.sort_values(["dataset", "split", "arch", "train_defense", "seed"]).iterrows():
         if row["status"] == "FINISHED":
             numbers = [row["miou_train"], row["miou_heldout"], row["miou_train"] - row["miou_heldout"], row["dp_epsilon"]]
             values = [Cell([_num(v)], state="missing" if math.isnan(v) else "ok") for v in numbers]
         else:
             values = [Cell([row["status"].lower()], state="failed")] + [Cell([MISSING], state="missing")] * 3
-        section.rows.append([Cell([str(row[k])]) for k in ("dataset", "arch", "train_defense", "seed", "n_train")] + values)
+        section.rows.append([Cell([str(row[k])]) for k in ("dataset", "split", "arch", "train_defense", "seed", "n_train")] + values)
     return section
 
 

@@ -185,6 +185,9 @@ def _models(frame: pd.DataFrame) -> pd.DataFrame:
         out[name] = _column(frame, f"params.{name}")
     for name in MODEL_METRICS:
         out[name] = pd.to_numeric(_column(frame, f"metrics.{name}"), errors="coerce")
+    # which split trained the model: the dependent or independent setting, and whether it is a placebo victim
+    setting = _column(frame, "tags.segleak.setting").fillna("—")
+    out["split"] = setting.where(_column(frame, "tags.segleak.placebo").ne("true"), setting + ", placebo")
     return out.reset_index(drop=True)
 
 

@@ -125,6 +125,7 @@ class _Builder:
             "dataset": source.dataset, "arch": arch, "role": role, "train_defense": defense.label,
             "overlap": manifest.overlap if role == "shadow" and manifest.setting == "dependent" else "n/a",
             "seed": seed, "n_train": len(split.train), "placebo": manifest.placebo and role == "victim",
+            "setting": manifest.setting,
             "dp": defense.name == "dp_sgd",
         }
         label = f"{role} {arch} on {source.dataset} ({defense.label}{', placebo' if meta['placebo'] else ''})"

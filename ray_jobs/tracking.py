@@ -66,7 +66,7 @@ class Tracker:
         run_id = self._nested(f"{meta['role']} {meta['arch']} {meta['dataset']} {meta['train_defense']}", "model",
                               {k: meta[k] for k in MODEL_PARAMS},
                               {"segleak.unit": key, "segleak.checkpoint": str(checkpoint),
-                               "segleak.placebo": str(meta["placebo"]).lower()})
+                               "segleak.placebo": str(meta["placebo"]).lower(), "segleak.setting": meta["setting"]})
         self._metrics(run_id, summary, MODEL_METRICS)
         self.client.set_terminated(run_id)
 

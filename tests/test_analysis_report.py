@@ -127,7 +127,8 @@ def _log_models(client: MlflowClient, exp: str, parent: str) -> None:
     """Victims: one per arch and training-side defense (output-side defenses reuse the undefended one)."""
     for arch in ("pspnet", "deeplabv3"):
         for defense, _, _, miou, eps in (d for d in DEFENSES if d[0] in ("none", "dp_sgd")):
-            run = client.create_run(exp, tags={"segleak.kind": "model", "mlflow.parentRunId": parent})
+            run = client.create_run(exp, tags={"segleak.kind": "model", "mlflow.parentRunId": parent,
+                                               "segleak.setting": "dependent", "segleak.placebo": "false"})
             metrics = [Metric("miou_train", miou + 0.2, 0, 0), Metric("miou_heldout", miou, 0, 0)]
             if eps is not None:
                 metrics.append(Metric("dp_epsilon", eps, 0, 0))
@@ -233,8 +234,8 @@ def test_leaderboard_markdown_numbers_failed_missing_and_strongest(store: Store,
     assert "TPR@1%FPR —" in _md_cell(md, INDEPENDENT, "| pspnet | 0 |", "gaussian σ=0.1")
     assert "| 0.000" not in md and " 0.000 " not in md
     victims = md.split("## victim models", 1)[1]
-    assert "| cityscapes | deeplabv3 | dp_sgd | 0 | 200 | 0.580 | 0.380 | 0.200 | 2.000 |" in victims
-    assert "| cityscapes | pspnet | none | 0 | 200 | 0.800 | 0.600 | 0.200 | — |" in victims
+    assert "| cityscapes | dependent | deeplabv3 | dp_sgd | 0 | 200 | 0.580 | 0.380 | 0.200 | 2.000 |" in victims
+    assert "| cityscapes | dependent | pspnet | none | 0 | 200 | 0.800 | 0.600 | 0.200 | — |" in victims
     placebo = md.split("## placebo controls", 1)[1].split("\n## ", 1)[0]
     assert "| patch/slm | AUC 0.510 [0.450, 0.570] | ✓ pass |" in placebo
     assert "| loss_threshold | AUC 0.580 [0.550, 0.610] | ✗ FAIL |" in placebo
