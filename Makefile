@@ -57,8 +57,9 @@ plots: install
 cluster-test: install
 	$(PY) -m pytest -q tests/cluster $(PYTEST_ARGS)
 
+# THP as in the Ray workers (ray_jobs/runner.py), so the figures measure the allocator the grid runs with
 bench: install
-	$(PY) -m ray_jobs.perf --out $(RESULTS)/bench.json
+	THP_MEM_ALLOC_ENABLE=1 $(PY) -m ray_jobs.perf --out $(RESULTS)/bench.json
 
 docker:
 	docker build -f docker/Dockerfile -t segleak:gpu .

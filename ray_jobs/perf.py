@@ -38,6 +38,7 @@ import torch
 
 from benchmark.attacks.features import EPS, concatenation, structured_loss_map
 from benchmark.errors import SegleakError
+from ray_jobs.store import ResultStore
 
 NUM_CLASSES = 19
 IGNORE = 255
@@ -363,7 +364,9 @@ def dp_memory_worker(private: bool, arch: str, hw: tuple[int, int], batch: int, 
 
 def dp_memory(sizes: Sizes, arch: str, isolate: bool) -> dict[str, dict[str, float]]:
     """Peak RSS of plain and DP steps, each in a fresh process (`isolate`), or here in turn (quick: no imports)."""
-    from ray_jobs import perf  # by module name: `python -m` runs this file as __main__, which spawn cannot import
+    from ray_jobs import (
+        perf,  # by module name: `python -m` runs this file as __main__, which spawn cannot import
+    )
 
     variants = {"plain": False, "dp": True}
     args = (arch, sizes.train_hw, sizes.train_batch, max(2, sizes.dp_steps // 2))
@@ -424,7 +427,6 @@ def bench_planning(profile: str) -> dict[str, Any]:
     from ray_jobs.plan import build_plan
     from ray_jobs.runner import make_manifests
     from ray_jobs.spec import load_grid
-    from ray_jobs.store import ResultStore
 
     grid = load_grid(profile)
     sources = fake_sources(grid)
@@ -432,11 +434,11 @@ def bench_planning(profile: str) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            manifests = make_manifests(grid, sources, ResultStore(tmp))
+            manifests = make_manifests(grid, sources, ResultStore(tmp), stream=io.StringIO())
         except SegleakError as exc:  # reported, and the rest of the grid is still counted
             error = f"{exc}; counted without controls"
             grid = dataclasses.replace(grid, controls=())
-            manifests = make_manifests(grid, sources, ResultStore(tmp))
+            manifests = make_manifests(grid, sources, ResultStore(tmp), stream=io.StringIO())
         plan = build_plan(grid, sources, manifests)
     counts = plan.counts()
     return {"cells": counts["cell"], "models": counts["model"], "releases": counts["release"],
@@ -452,14 +454,14 @@ def planning_rows(plans: dict[str, dict[str, Any]]) -> list[Row]:
 
 
 # --- 5/6/7. smoke run, released bytes, profile -----------------------------------------------------------
-def time_ray_init() -> float:
+def time_ray_init(workdir: Path) -> float:
     """Seconds for the runner's own `ray.init` on this machine (then shut down)."""
     import ray
 
-    from ray_jobs.runner import _init_ray
+    from ray_jobs.runner import init_ray
 
     started = time.perf_counter()
-    _init_ray(None, None)
+    init_ray(None, None, ResultStore(workdir))
     elapsed = time.perf_counter() - started
     ray.shutdown()
     return elapsed
@@ -481,12 +483,11 @@ def replay_units(results: Path, scratch: Path) -> tuple[dict[str, float], cProfi
     from ray_jobs.plan import build_plan
     from ray_jobs.runner import make_manifests, prepare_sources
     from ray_jobs.spec import load_grid
-    from ray_jobs.store import ResultStore
     from ray_jobs.units import execute
 
     grid = load_grid("smoke")
     sources = prepare_sources(grid, ResultStore(results))  # the smoke run's data, already written
-    plan = build_plan(grid, sources, make_manifests(grid, sources, ResultStore(scratch)))
+    plan = build_plan(grid, sources, make_manifests(grid, sources, ResultStore(scratch), stream=io.StringIO()))
     seconds: dict[str, float] = {}
     profile = cProfile.Profile()
     with torch_threads(1):
@@ -502,10 +503,9 @@ def replay_units(results: Path, scratch: Path) -> tuple[dict[str, float], cProfi
 def bench_smoke(workdir: Path) -> dict[str, Any]:
     """Smoke profile end to end (then again, all cached) vs its units' own compute time."""
     from ray_jobs.runner import run_benchmark
-    from ray_jobs.store import ResultStore
 
     results = workdir / "smoke"
-    ray_init = time_ray_init()
+    ray_init = time_ray_init(workdir)
     first = run_benchmark(profile="smoke", results=str(results), stream=io.StringIO())
     ledger = ResultStore(results).ledger()
     driver = cProfile.Profile()

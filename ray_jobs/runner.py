@@ -94,7 +94,7 @@ def make_manifests(grid: Grid, sources: dict[str, DataSource], store: ResultStor
     return manifests
 
 
-def _init_ray(address: str | None, max_concurrent: int | None, store: ResultStore) -> None:
+def init_ray(address: str | None, max_concurrent: int | None, store: ResultStore) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -135,7 +135,7 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
                                                 "results": store.root, "ray_address": address or "local"})
     reporter = Reporter(plan, store, tracker)
     store.sweep_stale()
-    _init_ray(address, max_concurrent, store)
+    init_ray(address, max_concurrent, store)
     import ray
 
     try:
