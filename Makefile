@@ -24,7 +24,7 @@ install: $(STAMP)
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo ">> installing into $(VENV) (first time only; mmcv compiles once per machine, ~25 min)"
+	@echo ">> installing into $(VENV) (first time only; mmcv compiles once per machine, 7-25 min)"
 	$(PIP) install -q --upgrade "pip>=24,<26"
 	# torch first, from the CPU wheel, so nothing later pulls a CUDA build
 	$(PIP) install -q $(TORCH_REQ)
