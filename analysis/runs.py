@@ -193,6 +193,9 @@ def _models(frame: pd.DataFrame) -> pd.DataFrame:
 
 def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | None = None) -> GridRuns:
     """The cells and models of one invocation: `parent_run_id`, else the experiment's latest one."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        # MLflow would create an empty store there; a reader should say that nothing was run instead
+        raise SegleakError(f"no MLflow store at {tracking_uri}: run `segleak benchmark` first (or pass --tracking-uri)")
     client = MlflowClient(tracking_uri)
     resolved = _resolve_experiment(client, tracking_uri, experiment)
     parent = parent_run_id or _latest_invocation(client, tracking_uri, resolved)

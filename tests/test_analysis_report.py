@@ -254,8 +254,14 @@ def test_leaderboard_html_is_self_contained(board: dict) -> None:
 def test_unknown_experiment_and_empty_store_are_clear_errors(store: Store, tmp_path: Path) -> None:
     with pytest.raises(SegleakError, match="no MLflow experiment named 'nope'"):
         write_leaderboard(store.uri, "nope", tmp_path)
+    missing = store.uri.replace("mlflow.db", "missing.db")
+    with pytest.raises(SegleakError, match="no MLflow store at sqlite"):
+        write_leaderboard(missing, None, tmp_path)
+    assert not Path(missing.removeprefix("sqlite:///")).exists()  # reading never creates a store
+    empty = store.uri.replace("mlflow.db", "empty.db")
+    MlflowClient(empty).search_experiments()  # a store that exists but holds no benchmark run
     with pytest.raises(SegleakError, match="no segleak benchmark runs in sqlite"):
-        write_leaderboard(store.uri.replace("mlflow.db", "empty.db"), None, tmp_path)
+        write_leaderboard(empty, None, tmp_path)
 
 
 def _check_image(path: Path) -> None:
