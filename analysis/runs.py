@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -151,12 +152,18 @@ def _float(value: object) -> float:
         return math.nan
 
 
-def _cells(frame: pd.DataFrame) -> pd.DataFrame:
+def _typed(frame: pd.DataFrame, params: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Run id, status, the named params (text) and metrics (floats, NaN where absent) of each run."""
     out = pd.DataFrame({"run_id": frame["run_id"], "status": frame["status"]})
-    for name in CELL_PARAMS:
+    for name in params:
         out[name] = _column(frame, f"params.{name}")
-    for name in CELL_METRICS:
+    for name in metrics:
         out[name] = pd.to_numeric(_column(frame, f"metrics.{name}"), errors="coerce")
+    return out
+
+
+def _cells(frame: pd.DataFrame) -> pd.DataFrame:
+    out = _typed(frame, CELL_PARAMS, CELL_METRICS)
     out["control"] = out["control"].fillna("none")
     out["shadow_overlap"] = out["shadow_overlap"].map(_float)
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
@@ -180,11 +187,7 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _models(frame: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({"run_id": frame["run_id"], "status": frame["status"]})
-    for name in MODEL_PARAMS:
-        out[name] = _column(frame, f"params.{name}")
-    for name in MODEL_METRICS:
-        out[name] = pd.to_numeric(_column(frame, f"metrics.{name}"), errors="coerce")
+    out = _typed(frame, MODEL_PARAMS, MODEL_METRICS)
     # which split trained the model: the dependent or independent setting, and whether it is a placebo victim
     setting = _column(frame, "tags.segleak.setting").fillna("—")
     out["split"] = setting.where(_column(frame, "tags.segleak.placebo").ne("true"), setting + ", placebo")
