@@ -52,6 +52,11 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     return args.tracking_uri or default_tracking_uri(args.results)
 
 
+def _report_dir(args: argparse.Namespace, name: str) -> Path:
+    """--out, else where `segleak benchmark` writes its report: <results>/report/<name>."""
+    return Path(args.out) if args.out else Path(args.results) / "report" / name
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from ray_jobs.runner import run_benchmark
 
@@ -114,7 +119,7 @@ def _cmd_splits(args: argparse.Namespace) -> int:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from analysis.leaderboard import write_leaderboard
 
-    for path in write_leaderboard(_tracking_uri(args), args.experiment, Path(args.out or Path(args.results) / "leaderboard")):
+    for path in write_leaderboard(_tracking_uri(args), args.experiment, _report_dir(args, "leaderboard")):
         print(path)
     return 0
 
@@ -122,7 +127,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 def _cmd_plots(args: argparse.Namespace) -> int:
     from analysis.plots import write_plots
 
-    for path in write_plots(_tracking_uri(args), args.experiment, Path(args.out or Path(args.results) / "plots")):
+    for path in write_plots(_tracking_uri(args), args.experiment, _report_dir(args, "plots")):
         print(path)
     return 0
 
@@ -190,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text)
         _add_tracking(cmd)
         cmd.add_argument("--experiment", help="MLflow experiment (default: the most recent segleak experiment)")
-        cmd.add_argument("--out", help="output folder (default: <results>/%s)" % name)
+        cmd.add_argument("--out", help=f"output folder (default: <results>/report/{name}, as the benchmark writes)")
         cmd.set_defaults(handler=handler)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
