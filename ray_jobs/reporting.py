@@ -21,9 +21,12 @@ if TYPE_CHECKING:
 class Reporter:
     def __init__(self, plan: Plan, store: ResultStore, tracker: Tracker) -> None:
         self.plan, self.store, self.tracker = plan, store, tracker
+        # models always finish before the cells that read them (a cell depends on its victim's release)
+        self.model_summaries: dict[str, dict[str, Any]] = {}
 
     def unit_done(self, unit: Unit, summary: dict[str, Any]) -> None:
         if unit.kind == "model":
+            self.model_summaries[unit.key] = summary
             self.tracker.log_model(unit.key, unit.meta, summary, f"{self.store.location('model', unit.key)}/model.pt")
         elif unit.kind == "cell":
             cell_dir = self.store.local_dir("cell", unit.key)
@@ -33,8 +36,8 @@ class Reporter:
 
                 plot_cell_roc(pd.read_csv(cell_dir / "scores.csv"), roc, title=unit.label,
                               attack=f"{unit.meta['attack']}/{unit.meta['representation']}")
-            victim = self.store.read_unit("model", unit.meta["victim_model"])["summary"]
-            self.tracker.log_cell(unit.key, unit.meta, summary, [cell_dir / "scores.csv", roc], victim)
+            self.tracker.log_cell(unit.key, unit.meta, summary, [cell_dir / "scores.csv", roc],
+                                  self.model_summaries[unit.meta["victim_model"]])
 
     def unit_failed(self, unit: Unit, error: str) -> None:
         if unit.kind in ("model", "cell"):

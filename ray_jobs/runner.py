@@ -68,7 +68,8 @@ def make_manifests(grid: Grid, sources: dict[str, DataSource], store: ResultStor
             else:
                 flat = grid.splits.get("independent", {})
                 sizes = {**{k: v for k, v in flat.items() if not isinstance(v, dict)}, **flat.get(setting.shadow_dataset, {})}
-                train_ids = [i for i in victim.ids if i not in set(victim.val_ids)]
+                val_ids = set(victim.val_ids)
+                train_ids = [i for i in victim.ids if i not in val_ids]
                 n_members = sizes.get("victim_members", len(train_ids))
                 n_nonmembers = sizes.get("victim_nonmembers", len(victim.val_ids))
                 if n_members > len(train_ids) or n_nonmembers > len(victim.val_ids):
