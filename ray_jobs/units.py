@@ -80,18 +80,26 @@ def _patch_config(config: dict[str, Any]) -> PatchAttackConfig:
     return PatchAttackConfig(seed=config["seed"], **config["attack_train"])
 
 
-def _scores(attack_dir: Path, record: dict[str, Any], query: Released, num_threads: int) -> np.ndarray:
+def _attack_input(config: dict[str, Any], query: Released) -> torch.Tensor | np.ndarray:
+    """What an attack reads from released outputs: the patch attack's representation maps, or the
+    threshold attacks' per-image statistic. One function for the shadow (fit) and the victim (score) side."""
+    if config["attack"] == "patch":
+        hard = is_hard(config["output_defense"]["name"])
+        return representation(config["representation"], query.probs, query.labels.long(), hard=hard)
+    statistic, _ = STATISTICS[config["attack"]]
+    return statistic(query.probs, query.labels.long()).numpy()
+
+
+def _scores(attack_dir: Path, record: dict[str, Any], query: Released) -> np.ndarray:
     """Image scores (higher = member) of a fitted attack on released outputs."""
     config = record["config"]
-    hard = is_hard(config["output_defense"]["name"])
+    inputs = _attack_input(config, query)
     if config["attack"] == "patch":
-        reps = representation(config["representation"], query.probs, query.labels.long(), hard=hard)
-        net = AttackNet(in_channels=reps.shape[1], size=_patch_config(config).size)
+        net = AttackNet(in_channels=inputs.shape[1], size=_patch_config(config).size)
         net.load_state_dict(torch.load(attack_dir / "attack.pt", weights_only=True))
-        return score_patch_attack(net, reps, _patch_config(config), seed=config["seed"] + 1)
-    statistic, attack_cls = STATISTICS[config["attack"]]
-    attack = attack_cls.from_state(record["summary"]["state"])
-    return attack.score(statistic(query.probs, query.labels.long()).numpy())
+        return score_patch_attack(net, inputs, _patch_config(config), seed=config["seed"] + 1)
+    _, attack_cls = STATISTICS[config["attack"]]
+    return attack_cls.from_state(record["summary"]["state"]).score(inputs)
 
 
 def run_attack(key: str, config: dict[str, Any], store: ResultStore, num_threads: int) -> dict[str, Any]:
@@ -99,19 +107,17 @@ def run_attack(key: str, config: dict[str, Any], store: ResultStore, num_threads
         # the shadow's outputs get their own noise draw (seed + 1), independent of the victim's
         query, is_member = load_query(store, config["release"], config["output_defense"], seed=config["seed"] + 1)
         summary: dict[str, Any] = {}
+        inputs = _attack_input(config, query)
         if config["attack"] == "patch":
-            hard = is_hard(config["output_defense"]["name"])
-            reps = representation(config["representation"], query.probs, query.labels.long(), hard=hard)
             member_mask = torch.from_numpy(is_member)
-            net = fit_patch_attack(reps[member_mask], reps[~member_mask], _patch_config(config))
+            net = fit_patch_attack(inputs[member_mask], inputs[~member_mask], _patch_config(config))
             torch.save(net.state_dict(), out / "attack.pt")
-            shadow_scores = score_patch_attack(net, reps, _patch_config(config), seed=config["seed"] + 1)
+            shadow_scores = score_patch_attack(net, inputs, _patch_config(config), seed=config["seed"] + 1)
         else:
-            statistic, attack_cls = STATISTICS[config["attack"]]
-            values = statistic(query.probs, query.labels.long()).numpy()
-            attack = attack_cls().fit(values[is_member], values[~is_member])
+            _, attack_cls = STATISTICS[config["attack"]]
+            attack = attack_cls().fit(inputs[is_member], inputs[~is_member])
             summary["state"] = attack.state()
-            shadow_scores = attack.score(values)
+            shadow_scores = attack.score(inputs)
         # the operating threshold is chosen on the attacker's own (shadow) data, never on the victim's:
         # the threshold attacks keep their own rule, the patch attack takes the best balanced accuracy
         shadow_metrics = membership_metrics(shadow_scores, is_member, n_bootstrap=0)
@@ -125,7 +131,7 @@ def run_cell(key: str, config: dict[str, Any], store: ResultStore, num_threads: 
     with store.writing("cell", key, config) as out:
         attack_record = store.read_unit("attack", config["attack"])
         query, is_member = load_query(store, config["release"], config["output_defense"], seed=config["seed"])
-        scores = _scores(store.local_dir("attack", config["attack"]), attack_record, query, num_threads)
+        scores = _scores(store.local_dir("attack", config["attack"]), attack_record, query)
         if not np.all(np.isfinite(scores)):
             raise SegleakError(f"attack {config['attack']} produced non-finite scores on release {config['release']}")
         metrics = membership_metrics(scores, is_member, threshold=attack_record["summary"]["threshold"], seed=config["seed"])
