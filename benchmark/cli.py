@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 from benchmark.errors import SegleakError
 from benchmark.paths import DEFAULT_RESULTS, default_tracking_uri
 
-DATASETS = ("cityscapes", "bdd100k", "mapillary")
+DATASET_HELP = ("a registered dataset: cityscapes, bdd100k, mapillary, or generic (mmseg's img_dir/ann_dir "
+                "layout; give its classes with --option 'classes=[a, b]')")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -48,6 +49,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def _option(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"the value of {key!r} is not valid YAML: {value!r}") from None
+
+
+def _dataset_spec(name: str, options: list[tuple[str, object]] | None) -> dict[str, object]:
+    """A dataset adapter's spec: its registered name plus the `--option KEY=VALUE` settings it declares."""
+    return {"type": name, **dict(options or [])}
+
+
 def _tracking_uri(args: argparse.Namespace) -> str:
     return args.tracking_uri or default_tracking_uri(args.results)
 
@@ -67,16 +85,21 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         address=args.address or os.environ.get("RAY_ADDRESS"),
         max_concurrent=args.max_concurrent,
+        dry_run=args.dry_run,
     )
     return 1 if summary.failed else 0
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from benchmark.data.synth import write_synthetic_dataset
+    from benchmark.data.labels import CITYSCAPES_CATEGORIES
+    from benchmark.data.synth import SynthSpec, write_synthetic_dataset
 
-    n_train, n_val = write_synthetic_dataset(
-        args.layout, Path(args.out), n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed
-    )
+    spec = _dataset_spec(args.layout, args.option)
+    if args.layout == "generic":  # the twin is labelled with the 7 Cityscapes categories
+        spec.setdefault("classes", list(CITYSCAPES_CATEGORIES))
+    n_train, n_val = write_synthetic_dataset(SynthSpec.of(spec, n_train=args.n_train, n_val=args.n_val,
+                                                          size=list(args.size), seed=args.seed,
+                                                          group_size=args.group_size), Path(args.out))
     print(f"wrote {n_train} train and {n_val} val images in the {args.layout} layout under {args.out}")
     return 0
 
@@ -84,7 +107,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from benchmark.data.check import check_dataset
 
-    report = check_dataset(args.dataset, Path(args.root))
+    report = check_dataset(_dataset_spec(args.dataset, args.option), Path(args.root))
     for line in report.lines():
         print(line, file=sys.stdout if report.usable else sys.stderr)
     return 0 if report.usable else 1
@@ -102,14 +125,15 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     from benchmark.data.splits import make_manifest, write_manifest
 
     manifest = make_manifest(
-        dataset=args.dataset,
+        dataset=_dataset_spec(args.dataset, args.option),
         root=Path(args.root),
         overlap=args.overlap,
         seed=args.seed,
         recipe=args.recipe,
-        shadow_dataset=args.shadow_dataset,
+        shadow_dataset=args.shadow_dataset and _dataset_spec(args.shadow_dataset, args.shadow_option),
         shadow_root=Path(args.shadow_root) if args.shadow_root else None,
         placebo=args.placebo,
+        group_split=not args.image_split,
     )
     digest = write_manifest(manifest, Path(args.out))
     print(f"wrote {args.out} (sha256 {digest[:12]}): {manifest.summary()}")
@@ -143,6 +167,11 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: ./results)")
 
 
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE",
+                        help="a dataset option, e.g. classes=[a, b] or group_pattern='^(seq\\d+)_'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segleak", description="Membership inference benchmark for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,21 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
     bench.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     bench.add_argument("--max-concurrent", type=_positive, help="at most this many jobs at once")
+    bench.add_argument("--dry-run", action="store_true",
+                       help="validate the grid and the data, print the plan and what is finished, then stop")
     bench.set_defaults(handler=_cmd_benchmark)
 
     data = sub.add_parser("data", help="synthesise, check or prepare a dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="write the embedded synthetic street scenes in a real layout")
-    synth.add_argument("--layout", choices=DATASETS, required=True)
+    synth.add_argument("--layout", required=True, help=DATASET_HELP)
     synth.add_argument("--out", required=True)
     synth.add_argument("--n-train", type=_positive, default=200)
     synth.add_argument("--n-val", type=_positive, default=100)
     synth.add_argument("--size", type=_size, default=(64, 128), help="HxW (default 64x128)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--group-size", type=_positive, default=1, help="near-duplicate frames per sequence")
+    _add_options(synth)
     synth.set_defaults(handler=_cmd_data_synth)
     check = data_sub.add_parser("check", help="validate a dataset tree")
-    check.add_argument("--dataset", choices=DATASETS, required=True)
+    check.add_argument("--dataset", required=True, help=DATASET_HELP)
     check.add_argument("--root", required=True)
+    _add_options(check)
     check.set_defaults(handler=_cmd_data_check)
     prepare = data_sub.add_parser("prepare", help="official Cityscapes download -> trainId labels")
     prepare.add_argument("--dataset", choices=("cityscapes",), required=True)
@@ -177,15 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(handler=_cmd_data_prepare)
 
     splits = sub.add_parser("splits", help="write a membership manifest")
-    splits.add_argument("--dataset", choices=DATASETS, required=True)
+    splits.add_argument("--dataset", required=True, help=DATASET_HELP)
     splits.add_argument("--root", required=True)
     splits.add_argument("--overlap", type=_fraction, default=0.0, help="fraction of shadow members drawn from victim members")
     splits.add_argument("--seed", type=int, default=0)
     splits.add_argument("--recipe", default="auto", help="auto (sizes from the data) | paper (the paper's split sizes)")
-    splits.add_argument("--shadow-dataset", choices=DATASETS, help="independent setting: the shadow's dataset")
+    splits.add_argument("--shadow-dataset", help="independent setting: the shadow's dataset")
+    splits.add_argument("--shadow-option", type=_option, action="append", metavar="KEY=VALUE",
+                        help="an option of the shadow dataset (as --option)")
+    splits.add_argument("--image-split", action="store_true",
+                        help="split image by image, even where images share a group (a city, a sequence)")
     splits.add_argument("--shadow-root", help="independent setting: the shadow dataset's root")
     splits.add_argument("--placebo", action="store_true", help="victim trained on images outside both query sets")
     splits.add_argument("--out", required=True)
+    _add_options(splits)
     splits.set_defaults(handler=_cmd_splits)
 
     for name, handler, text in (

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.attacks.features import representation_channels
 from benchmark.attacks.network import AttackNet
 from benchmark.attacks.patch_attack import (
     PatchAttackConfig,
@@ -21,7 +20,7 @@ from benchmark.metrics import membership_metrics
 @pytest.mark.parametrize("size", ["tiny", "paper"])
 @pytest.mark.parametrize("rep", ["slm", "concat", "posterior"])
 def test_attack_net_shapes_and_stride_8(size: str, rep: str) -> None:
-    channels = representation_channels(rep, 19)
+    channels = {"slm": 1, "concat": 38, "posterior": 19}[rep]
     net = AttackNet(channels, size).eval()
     x = torch.randn(2, channels, 32, 48)
     with torch.no_grad():

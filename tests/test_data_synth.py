@@ -7,7 +7,8 @@ from PIL import Image
 
 from benchmark.data.adapters import get_adapter
 from benchmark.data.labels import map_cityscapes_labelids_to_trainids, map_mapillary_to_trainids
-from benchmark.data.synth import ensure_synthetic_dataset, write_synthetic_dataset
+from benchmark.data.labels import CITYSCAPES_CATEGORIES
+from benchmark.data.synth import SynthSpec, ensure_synthetic_dataset, write_synthetic_dataset
 from benchmark.errors import SegleakError
 
 LAYOUTS = ("cityscapes", "bdd100k", "mapillary")
@@ -74,10 +75,14 @@ def test_all_classes_and_ignore_appear(synthetic_tree):
     assert set(np.flatnonzero(counts).tolist()) == ALLOWED
 
 
+def _spec(layout="bdd100k", **kw) -> SynthSpec:
+    return SynthSpec.of(layout, **{"n_train": 3, "n_val": 2, **kw})
+
+
 def test_deterministic_per_seed(tmp_path):
-    write_synthetic_dataset("bdd100k", tmp_path / "a", 3, 2, seed=7)
-    write_synthetic_dataset("bdd100k", tmp_path / "b", 3, 2, seed=7)
-    write_synthetic_dataset("bdd100k", tmp_path / "c", 3, 2, seed=8)
+    write_synthetic_dataset(_spec(seed=7), tmp_path / "a")
+    write_synthetic_dataset(_spec(seed=7), tmp_path / "b")
+    write_synthetic_dataset(_spec(seed=8), tmp_path / "c")
     a, b, c = (_digest_tree(tmp_path / x) for x in "abc")
     assert a == b
     assert a.keys() == c.keys() and a != c  # same ids, different scenes
@@ -106,23 +111,56 @@ def test_styles_differ(synthetic_tree):
 
 def test_ensure_writes_once_and_refuses_foreign_folders(tmp_path):
     root = tmp_path / "data" / "cs"
-    assert ensure_synthetic_dataset("cityscapes", root, 2, 1, seed=1) == root
+    spec = _spec("cityscapes", n_train=2, n_val=1, seed=1)
+    assert ensure_synthetic_dataset(spec, root) == root
     marker = (root / ".segleak_synth.json").stat().st_mtime_ns
-    ensure_synthetic_dataset("cityscapes", root, 2, 1, seed=1)
+    ensure_synthetic_dataset(spec, root)
     assert (root / ".segleak_synth.json").stat().st_mtime_ns == marker
     assert [p.name for p in root.parent.iterdir()] == ["cs"]  # no temp folder left behind
     with pytest.raises(SegleakError, match="is not the synthetic"):
-        ensure_synthetic_dataset("cityscapes", root, 3, 1, seed=1)
+        ensure_synthetic_dataset(_spec("cityscapes", n_train=3, n_val=1, seed=1), root)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"layout": "kitti"}, "unknown layout"), ({"n_train": 0}, "n_train"), ({"size": (8, 8)}, "too small"),
-    ({"seed": -1}, "seed"),
+@pytest.mark.parametrize("layout,kwargs,match", [
+    ("kitti", {}, "unknown dataset 'kitti'"), ("cityscapes", {"n_train": 0}, "n_train: value 0"),
+    ("cityscapes", {"size": [8, 8]}, "too small"), ("cityscapes", {"seed": -1}, "seed"),
+    ("cityscapes", {"group_size": 0}, "group_size"),
+    ({"type": "generic", "classes": ["a", "b"]}, {}, None),
 ])
-def test_synth_refuses_bad_arguments(tmp_path, kwargs, match):
-    args = {"layout": "cityscapes", "out": tmp_path, "n_train": 1, "n_val": 1} | kwargs
+def test_synth_refuses_bad_arguments(tmp_path, layout, kwargs, match):
+    if match is None:  # the generic twin is labelled with the 7 categories: 2 classes cannot hold them
+        with pytest.raises(SegleakError, match="7 Cityscapes categories"):
+            write_synthetic_dataset(_spec(layout, **kwargs), tmp_path)
+        return
     with pytest.raises(SegleakError, match=match):
-        write_synthetic_dataset(**args)
+        SynthSpec.of(layout, **{"n_train": 1, "n_val": 1, **kwargs})
+
+
+def test_near_duplicate_sequences(synthetic_tree):
+    """group_size frames per sequence: one scene, the camera moved by a few pixels, and each a group."""
+    adapter = get_adapter("cityscapes")
+    root = synthetic_tree("cityscapes", n_train=8, n_val=2, group_size=4)
+    samples = adapter.list_samples(root, "train")
+    groups = [adapter.group_of(s.id) for s in samples]
+    assert len(set(groups)) == 2 and sorted(groups.count(g) for g in set(groups)) == [4, 4]
+    by_group: dict[str, list] = {}
+    for sample, group in zip(samples, groups):
+        by_group.setdefault(group, []).append(adapter.read_label(sample))
+    first, second = by_group.values()
+    assert all((first[0] != frame).mean() < 0.25 for frame in first[1:])  # near-duplicates
+    assert (first[0] != second[0]).mean() > 0.3  # other sequence, other scene
+    assert get_adapter({"type": "cityscapes", "group_by": "image"}).group_of(samples[0].id) == samples[0].id
+
+
+def test_generic_twin_has_seven_classes(synthetic_tree):
+    spec = {"type": "generic", "classes": list(CITYSCAPES_CATEGORIES)}
+    adapter = get_adapter(spec)
+    root = synthetic_tree(spec, n_train=4, n_val=2)
+    assert (root / "img_dir" / "train").is_dir() and (root / "ann_dir" / "val").is_dir()
+    values = set()
+    for sample in adapter.list_samples(root):
+        values |= set(np.unique(adapter.read_label(sample)).tolist())
+    assert values <= set(range(7)) | {255} and len(values - {255}) >= 5
 
 
 def test_cli_synth(tmp_path, capsys):

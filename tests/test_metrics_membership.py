@@ -4,19 +4,27 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from benchmark.errors import SegleakError
 from benchmark.metrics import membership_metrics, roc_curve
-from benchmark.metrics.membership import best_balanced_threshold
+from benchmark.metrics.membership import best_balanced_threshold, bootstrap_auc, clopper_pearson
 
 KEYS = {
     "auc",
     "auc_ci_low",
     "auc_ci_high",
     "tpr_at_1pct_fpr",
+    "tpr_at_1pct_fpr_ci_low",
+    "tpr_at_1pct_fpr_ci_high",
+    "tpr_at_1pct_fpr_nonmembers_above",
     "tpr_at_0.1pct_fpr",
+    "tpr_at_0.1pct_fpr_ci_low",
+    "tpr_at_0.1pct_fpr_ci_high",
+    "n_groups",
+    "fragile",
     "balanced_accuracy",
     "precision",
     "recall",
@@ -57,6 +65,11 @@ def test_tpr_at_fpr_by_hand_and_unresolvable_is_missing() -> None:
     out = membership_metrics(scores, is_member, n_bootstrap=0)
     # FPR <= 1%: threshold 98.5 lets 1 non-member (99) through -> FPR 0.01, TPR 2/3
     assert out["tpr_at_1pct_fpr"] == pytest.approx(2 / 3)
+    assert out["tpr_at_1pct_fpr_nonmembers_above"] == 1
+    # exact (Clopper-Pearson) interval of 2 successes in 3, and the fragility the 1 non-member implies
+    assert (out["tpr_at_1pct_fpr_ci_low"], out["tpr_at_1pct_fpr_ci_high"]) == pytest.approx(
+        (beta.ppf(0.025, 2, 2), beta.ppf(0.975, 3, 1)))
+    assert "rests on 1 non-member" in out["fragile"]["tpr_at_1pct_fpr"]
     assert out["tpr_at_0.1pct_fpr"] is None
     assert out["missing"]["tpr_at_0.1pct_fpr"] == "needs >= 1000 non-members to resolve FPR 0.1%, have 100"
     assert "tpr_at_1pct_fpr" not in out["missing"]
@@ -111,3 +124,50 @@ def test_bootstrap_is_seeded() -> None:
     b = membership_metrics(scores, member, n_bootstrap=200, seed=3)
     assert a == b
     assert a["auc_ci_low"] < a["auc"] < a["auc_ci_high"]
+
+
+def test_clopper_pearson_edges_and_a_known_value() -> None:
+    assert clopper_pearson(0, 10)[0] == 0.0 and clopper_pearson(10, 10)[1] == 1.0
+    low, high = clopper_pearson(5, 10)  # the textbook 95% interval for 5/10
+    assert low == pytest.approx(0.1871, abs=1e-4) and high == pytest.approx(0.8129, abs=1e-4)
+
+
+def _clustered(rng, n_groups: int, size: int, shift: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of near-identical scores (near-duplicate frames): members' groups shifted by `shift`."""
+    centre = rng.normal(0, 1, n_groups) + shift * (np.arange(n_groups) < n_groups // 2)
+    scores = np.repeat(centre, size) + rng.normal(0, 0.05, n_groups * size)
+    member = np.repeat(np.arange(n_groups) < n_groups // 2, size)
+    return scores, member, np.repeat(np.arange(n_groups), size)
+
+
+def test_cluster_bootstrap_widens_the_interval_to_the_number_of_groups() -> None:
+    """Issue 12: 20 groups of 8 near-duplicates are 20 observations, not 160. The image-level interval is far
+    too narrow (it misses chance under the null far more than 5% of the time); the group-level one is not."""
+    rng = np.random.default_rng(0)
+    image_misses = group_misses = 0
+    for rep in range(40):
+        scores, member, groups = _clustered(rng, 20, 8, shift=0.0)
+        image = membership_metrics(scores, member, n_bootstrap=300, seed=rep)
+        cluster = membership_metrics(scores, member, n_bootstrap=300, seed=rep, groups=groups)
+        assert cluster["n_groups"] == 20 and image["n_groups"] == 160
+        assert cluster["auc_ci_high"] - cluster["auc_ci_low"] > 1.8 * (image["auc_ci_high"] - image["auc_ci_low"])
+        image_misses += not image["auc_ci_low"] <= 0.5 <= image["auc_ci_high"]
+        group_misses += not cluster["auc_ci_low"] <= 0.5 <= cluster["auc_ci_high"]
+    assert image_misses >= 10 and group_misses <= 5
+
+
+def test_weighted_bootstrap_equals_ranking_each_resample() -> None:
+    """The bootstrap weighs member/non-member pairs by group counts; on singletons its AUCs are the rank AUCs
+    of the materialised resamples (same draws), so the shortcut changes nothing but the time."""
+    scores, member = _tied(2, n=60)
+    fast = bootstrap_auc(scores, member, n_bootstrap=50, seed=9)
+    rng = np.random.default_rng(9)
+    m_idx, n_idx = np.flatnonzero(member), np.flatnonzero(~member)
+    all_m = rng.multinomial(len(m_idx), np.full(len(m_idx), 1 / len(m_idx)), size=50)
+    all_n = rng.multinomial(len(n_idx), np.full(len(n_idx), 1 / len(n_idx)), size=50)
+    slow = []
+    for counts_m, counts_n in zip(all_m, all_n):
+        s = np.r_[np.repeat(scores[m_idx], counts_m), np.repeat(scores[n_idx], counts_n)]
+        y = np.r_[np.ones(len(m_idx), bool), np.zeros(len(n_idx), bool)]
+        slow.append(roc_auc_score(y, s))
+    np.testing.assert_allclose(fast, slow, atol=1e-12)

@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 
-from benchmark.defenses.training import resolve_training_defense
+from benchmark.defenses import build_defense
 from benchmark.errors import SegleakError
 from benchmark.models.builder import list_architectures
 from benchmark.models.lightning_module import SegmentationModule
-from benchmark.models.train import TrainConfig, load_model, train_model
+from benchmark.models.train import TrainConfig, load_model
+from benchmark.registry import DEFENSES
+from conftest import fit_model
 
 TINY = [arch for arch in list_architectures() if arch.endswith("_tiny")]
 
@@ -32,7 +34,7 @@ def _cfg(arch="pspnet_tiny", **kw) -> TrainConfig:
 @pytest.mark.parametrize("arch", TINY)
 def test_tiny_trains_loss_decreases_and_reads_exactly_the_members(arch, data, tmp_path):
     root, members, heldout = data
-    result = train_model(_cfg(arch), "cityscapes", root, members, heldout, tmp_path)
+    result = fit_model(_cfg(arch), root, members, heldout, tmp_path)
     m = result.metrics
     assert m["train_loss_last"] < m["train_loss_first"]
     assert set(result.seen_train_ids) == set(members)
@@ -45,7 +47,7 @@ def test_tiny_trains_loss_decreases_and_reads_exactly_the_members(arch, data, tm
 def test_same_seed_same_weights_other_seed_other_weights(data, tmp_path):
     root, members, heldout = data
     runs = [
-        train_model(_cfg(epochs=2, seed=seed), "cityscapes", root, members, heldout, tmp_path / str(i))
+        fit_model(_cfg(epochs=2, seed=seed), root, members, heldout, tmp_path / str(i))
         for i, seed in enumerate([7, 7, 8])
     ]
     sd = [torch.load(r.checkpoint, weights_only=True)["state_dict"] for r in runs]
@@ -57,7 +59,7 @@ def test_same_seed_same_weights_other_seed_other_weights(data, tmp_path):
 
 def test_checkpoint_loads_with_weights_only(data, tmp_path):
     root, members, heldout = data
-    result = train_model(_cfg(epochs=1), "cityscapes", root, members, heldout, tmp_path)
+    result = fit_model(_cfg(epochs=1), root, members, heldout, tmp_path)
     payload = torch.load(result.checkpoint, weights_only=True)
     assert payload["arch"] == "pspnet_tiny" and payload["norm"] == "BN" and payload["train_ids"] == members
     model, meta = load_model(result.checkpoint)
@@ -67,7 +69,7 @@ def test_checkpoint_loads_with_weights_only(data, tmp_path):
 
 
 def test_miou_through_the_module_metric_path():
-    module = SegmentationModule("pspnet_tiny", eval_names=("heldout",))
+    module = SegmentationModule("pspnet_tiny", build_defense("none"), num_classes=19, eval_names=("heldout",))
     labels = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 255]]])
     pred = torch.tensor([[[0, 1, 1, 1], [2, 0, 2, 0]]])
     logits = torch.nn.functional.one_hot(pred, 19).permute(0, 3, 1, 2).float()
@@ -84,7 +86,7 @@ def test_miou_through_the_module_metric_path():
 
 
 def test_low_resolution_logits_are_upsampled_to_the_labels():
-    module = SegmentationModule("pspnet_tiny", eval_names=("train",))
+    module = SegmentationModule("pspnet_tiny", build_defense("none"), num_classes=19, eval_names=("train",))
     labels = torch.zeros(1, 8, 8, dtype=torch.long)
     labels[:, :, 4:] = 1
     logits = torch.zeros(1, 19, 2, 2)
@@ -94,65 +96,87 @@ def test_low_resolution_logits_are_upsampled_to_the_labels():
     assert module.eval_metrics()["miou_train"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(
-    ("defense", "params"),
-    [("label_smoothing", {"eps": 0.1}), ("mixup", {"alpha": 0.4}), ("weight_decay", {"value": 0.05})],
-)
-def test_training_defenses_train_and_change_the_model(defense, params, data, tmp_path):
+TRAINING = [n for n in DEFENSES.names() if DEFENSES.lookup(n).side == "training" and n != "none"]
+
+
+@pytest.fixture(scope="module")
+def plain(data, tmp_path_factory):
     root, members, heldout = data
-    plain = train_model(_cfg(epochs=2), "cityscapes", root, members, heldout, tmp_path / "plain")
-    defended = train_model(
-        _cfg(epochs=2, defense=defense, defense_params=params), "cityscapes", root, members, heldout, tmp_path / "d"
-    )
-    assert set(defended.seen_train_ids) == set(members)
+    return fit_model(_cfg(epochs=2), root, members, heldout, tmp_path_factory.mktemp("plain"))
+
+
+@pytest.mark.parametrize("defense", TRAINING)
+def test_every_training_defense_trains_and_changes_the_model(defense, data, plain, tmp_path):
+    """The contract of a registered training defense: it trains (finite loss, a loadable checkpoint), reads
+    only the images it may (the members, or for a distilled student only its reference set), and changes the
+    model. Reference sets and teachers are provided when the defense declares it needs them."""
+    root, members, heldout = data
+    cls = DEFENSES.lookup(defense)
+    extra = {}
+    if "reference_set" in cls.needs:
+        extra["reference_ids"] = heldout[:2]
+        heldout = heldout[2:]
+    if "teacher" in cls.needs:
+        extra["teacher"] = plain.checkpoint
+    defended = fit_model(_cfg(epochs=2), root, members, heldout, tmp_path, defense, cls.example, **extra)
+    assert all(torch.isfinite(torch.tensor(defended.metrics[k])) for k in ("train_loss_first", "train_loss_last"))
+    assert set(defended.seen_train_ids) <= set(members) | set(extra.get("reference_ids", []))
     a = torch.load(plain.checkpoint, weights_only=True)["state_dict"]
     b = torch.load(defended.checkpoint, weights_only=True)["state_dict"]
-    assert not all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a)
+    load_model(defended.checkpoint)
 
 
 def test_early_stopping_is_a_reduced_epoch_budget(data, tmp_path):
     root, members, heldout = data
-    cfg = _cfg(epochs=4, defense="early_stopping", defense_params={"fraction": 0.5})
-    assert train_model(cfg, "cityscapes", root, members, heldout, tmp_path).metrics["epochs"] == 2
+    assert fit_model(_cfg(epochs=4), root, members, heldout, tmp_path, "early_stopping", {"fraction": 0.5}).metrics["epochs"] == 2
 
 
 @pytest.mark.parametrize(
     ("defense", "params", "match"),
     [
-        ("dropout", {}, "unknown training defense 'dropout'"),
-        ("label_smoothing", {"eps": 1.5}, "eps in"),
-        ("mixup", {}, "takes parameters"),
+        ("dropout", {}, "unknown defense 'dropout'"),
+        ("label_smoothing", {"eps": 1.5}, "eps: value 1.5 is outside"),
+        ("mixup", {}, "missing required key 'alpha'"),
         ("dp_sgd", {"max_grad_norm": 1.0}, "exactly one of"),
         ("dp_sgd", {"max_grad_norm": 1.0, "noise_multiplier": 1.0, "target_epsilon": 3.0}, "exactly one of"),
-        ("weight_decay", {"value": "lots"}, "finite number"),
+        ("weight_decay", {"value": "lots"}, "expected a number"),
+        ("weight_decay", {"value": float("inf")}, "finite"),
     ],
 )
 def test_bad_training_defense_is_named(defense, params, match):
     with pytest.raises(SegleakError, match=match):
-        resolve_training_defense(defense, params, epochs=4, weight_decay=0.0)
+        build_defense(defense, params, side="training")
+
+
+def test_training_settings_are_validated_with_the_key_named():
+    with pytest.raises(SegleakError, match="train.epochs: expected an integer, got 'ten'"):
+        TrainConfig.of("pspnet_tiny", 0, {"epochs": "ten", "batch_size": 2, "lr": 0.1})
+    with pytest.raises(SegleakError, match="train.batch_size: value -1 is outside"):
+        TrainConfig.of("pspnet_tiny", 0, {"epochs": 1, "batch_size": -1, "lr": 0.1})
 
 
 def test_unknown_member_id_is_named(data, tmp_path):
     root, members, heldout = data
     with pytest.raises(SegleakError, match="train/nowhere_000000_000019"):
-        train_model(_cfg(), "cityscapes", root, members + ["train/nowhere_000000_000019"], heldout, tmp_path)
+        fit_model(_cfg(), root, members + ["train/nowhere_000000_000019"], heldout, tmp_path)
 
 
 def test_member_also_held_out_is_refused(data, tmp_path):
     root, members, heldout = data
     with pytest.raises(SegleakError, match=repr(members[0])):
-        train_model(_cfg(), "cityscapes", root, members, [members[0]], tmp_path)
+        fit_model(_cfg(), root, members, [members[0]], tmp_path)
 
 
 def test_nan_loss_names_the_epoch(data, tmp_path, monkeypatch):
     root, members, heldout = data
-    real = SegmentationModule.training_loss
+    real = SegmentationModule.per_image_loss
 
-    def nan_in_second_epoch(self, images, labels):
-        loss = real(self, images, labels)
+    def nan_in_second_epoch(self, outputs, labels, label_smoothing=0.0):
+        loss = real(self, outputs, labels, label_smoothing)
         return loss * float("nan") if self.current_epoch == 1 else loss
 
-    monkeypatch.setattr(SegmentationModule, "training_loss", nan_in_second_epoch)
+    monkeypatch.setattr(SegmentationModule, "per_image_loss", nan_in_second_epoch)
     with pytest.raises(SegleakError, match="epoch 1"):
-        train_model(_cfg(epochs=3), "cityscapes", root, members, heldout, tmp_path)
+        fit_model(_cfg(epochs=3), root, members, heldout, tmp_path)
     assert not (tmp_path / "model.pt").exists()

@@ -5,8 +5,11 @@ Crops smaller than the map: the crop side is min(crop, H, W). Padding would be w
 zero SLM means "confident and correct" and would make padded crops look like members.
 """
 
+from __future__ import annotations
+
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -14,15 +17,29 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from benchmark.attacks.network import AttackNet
+from benchmark.attacks.network import SIZES, AttackNet
 from benchmark.errors import SegleakError
+from benchmark.params import Param, check_params
+
+
+# The grid's `attack_train` block: the patch attack's training settings (the paper does not publish its own).
+ATTACK_TRAIN_PARAMS: dict[str, Param] = {
+    "size": Param(str, default="tiny", choices=tuple(SIZES), help="attack network: tiny, or paper (ResNet-50)"),
+    "crop": Param(int, default=32, low=1, help="side of the square crops, in released-map pixels"),
+    "n_crops_train": Param(int, default=6, low=1, help="crops per image per epoch"),
+    "n_crops_test": Param(int, default=6, low=1, help="crops per scored image"),
+    "epochs": Param(int, default=10, low=1),
+    "batch_size": Param(int, default=32, low=1),
+    "lr": Param(float, default=1e-3, low=0.0, low_open=True),
+    "weight_decay": Param(float, default=1e-4, low=0.0),
+}
 
 
 @dataclass
 class PatchAttackConfig:
     """Attack-model settings; the paper does not publish its training hyper-parameters, so these are ours.
 
-    crop: 32 suits the synthetic CPU maps (posteriors at 1/8 of a small image); the paper uses 90 on
+    crop: 32 suits the synthetic CPU maps (posteriors at 1/4 of a small image); the paper uses 90 on
       Cityscapes at 1/8 resolution (128x256). n_crops_train / n_crops_test: 6 as in the authors' code
       (train: crops per image per epoch, drawn afresh every epoch). epochs 10, Adam lr 1e-3, weight decay
       1e-4, batch 32: enough for the tiny net to converge on a few hundred shadow images.
@@ -40,14 +57,9 @@ class PatchAttackConfig:
     accelerator: str = "auto"
     precision: str = "32-true"
 
-    def __post_init__(self) -> None:
-        for name in ("crop", "n_crops_train", "n_crops_test", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SegleakError(f"patch attack {name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise SegleakError(
-                f"patch attack needs lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}"
-            )
+    @classmethod
+    def of(cls, attack_train: dict[str, Any], seed: int) -> PatchAttackConfig:
+        return cls(seed=seed, **check_params("attack_train", ATTACK_TRAIN_PARAMS, attack_train))
 
 
 def random_crops(reps: Tensor, image_idx: Tensor, crop: int, generator: torch.Generator) -> Tensor:

@@ -1,21 +1,27 @@
-"""Readers for the real dataset layouts (Cityscapes, BDD100K, Mapillary Vistas v1.2).
+"""Dataset adapters: where a dataset's images and labels live, how they are named, what their labels mean.
 
-Each adapter knows where a split's images and labels live and how they are named, gives every image a
-stable id ("<split>/<stem>") that membership manifests refer to, and returns labels in Cityscapes trainIds.
-The layouts match mmsegmentation's dataset classes, so the same trees also load there.
+An adapter gives every image a stable id ("<split>/<stem>") that membership manifests refer to, returns
+labels in its own label space (`metainfo`: class names, ignore index), names the group an image belongs to
+(a city, a video sequence: images that must not be split across membership sets) and writes its own
+layout for the embedded synthetic twin. The concrete datasets are registered components in
+`benchmark/data/datasets/` (one file each); `get_adapter` builds one from a name or a grid entry.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
-from benchmark.data.labels import map_mapillary_to_trainids
+from benchmark.data.labels import IGNORE_INDEX
 from benchmark.errors import SegleakError
+from benchmark.params import Param, check_params
+from benchmark.registry import DATASETS
 
 
 @dataclass(frozen=True)
@@ -28,14 +34,61 @@ class Sample:
 
 
 class DatasetAdapter:
-    """The layout of one dataset: split folders, file suffixes and the label mapping."""
+    """The layout of one dataset: split folders, file suffixes, label space and grouping.
 
-    name: str = ""
+    Subclasses set `name`, `metainfo` (as mmseg's dataset classes carry METAINFO: `classes`, and the
+    `ignore_index`), the folders and suffixes, and optionally `params` (options a grid entry may set).
+    """
+
+    name: ClassVar[str] = ""
+    metainfo: ClassVar[dict[str, Any]] = {}
+    params: ClassVar[dict[str, Param]] = {}
     splits: tuple[str, ...] = ("train", "val")
     image_suffix: str = ""
     label_suffix: str = ""
     recursive: bool = False  # Cityscapes nests files in one folder per city
+    # the paper's split sizes on this dataset (dependent: victim members/non-members, shadow members/
+    # non-members; shadow: members/non-members when it serves as the independent shadow)
+    paper_dependent: ClassVar[tuple[int, int, int, int] | None] = None
+    paper_shadow: ClassVar[tuple[int, int] | None] = None
 
+    def __init__(self, **options: Any) -> None:
+        self.options = check_params(f"dataset {self.name!r}", self.params, options)
+
+    # --- identity and label space -------------------------------------------------------------------------
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What a unit config records to rebuild this adapter on any node (`get_adapter(spec)`)."""
+        return {"type": self.name, **self.options}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.metainfo["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def ignore_index(self) -> int:
+        return int(self.metainfo.get("ignore_index", IGNORE_INDEX))
+
+    def allowed_raw_values(self) -> np.ndarray:
+        """A [256] mask of the values a raw label file may hold (class ids and the ignore index)."""
+        allowed = np.zeros(256, bool)
+        allowed[: self.num_classes] = allowed[self.ignore_index] = True
+        return allowed
+
+    def label_space(self) -> str:
+        """The raw label values in words, for `segleak data check`."""
+        return f"class ids are 0..{self.num_classes - 1} and {self.ignore_index}"
+
+    def group_of(self, sample_id: str) -> str:
+        """The group an image belongs to (images of one group never sit on both sides of a membership split);
+        by default every image is its own group."""
+        return sample_id
+
+    # --- files --------------------------------------------------------------------------------------------
     def image_dir(self, root: Path, split: str) -> Path:
         raise NotImplementedError
 
@@ -84,25 +137,36 @@ class DatasetAdapter:
 
     def read_image(self, sample: Sample) -> np.ndarray:
         """HxWx3 uint8 RGB."""
-        return np.asarray(_open(sample.image).convert("RGB"))
+        return np.asarray(open_image(sample.image).convert("RGB"))
 
     def read_raw_label(self, path: Path) -> np.ndarray:
         """The label file's own values (HxW uint8), before any mapping."""
-        image = _open(path)
+        image = open_image(path)
         if image.mode not in ("L", "P"):
             raise SegleakError(f"label {path} has mode {image.mode}; expected a single-channel or palettised PNG")
         return np.asarray(image, dtype=np.uint8)
 
-    def to_trainids(self, raw: np.ndarray) -> np.ndarray:
-        """Map raw label values into Cityscapes trainIds (identity for datasets already in that space)."""
+    def to_label_space(self, raw: np.ndarray) -> np.ndarray:
+        """Map raw label values into this dataset's label space (identity for most datasets)."""
         return raw
 
     def read_label(self, sample: Sample) -> np.ndarray:
-        """HxW uint8 in Cityscapes trainIds (0..18, 255 = ignore)."""
-        return self.to_trainids(self.read_raw_label(sample.label))
+        """HxW uint8 in the label space (class ids, `ignore_index` = unlabelled)."""
+        return self.to_label_space(self.read_raw_label(sample.label))
+
+    # --- the synthetic twin -------------------------------------------------------------------------------
+    synthetic_style: ClassVar[Any] = None  # a benchmark.data.scene.Style, or None: no synthetic twin
+
+    def synthetic_stem(self, split: str, sequence: int, frame: int) -> tuple[str, str]:
+        """(subfolder, file stem) of synthetic image `frame` of `sequence`, in the dataset's own naming."""
+        raise SegleakError(f"dataset {self.name!r} has no synthetic twin")
+
+    def write_synthetic(self, root: Path, split: str, stem: tuple[str, str], labels: Any, image: np.ndarray) -> None:
+        """Write one synthetic image and its label file(s) where this layout keeps them."""
+        raise SegleakError(f"dataset {self.name!r} has no synthetic twin")
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
@@ -111,71 +175,29 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
-class CityscapesAdapter(DatasetAdapter):
-    """`leftImg8bit/<split>/<city>/*_leftImg8bit.png` + `gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`."""
-
-    name = "cityscapes"
-    image_suffix = "_leftImg8bit.png"
-    label_suffix = "_gtFine_labelTrainIds.png"
-    recursive = True
-
-    def image_dir(self, root: Path, split: str) -> Path:
-        return Path(root) / "leftImg8bit" / split
-
-    def label_dir(self, root: Path, split: str) -> Path:
-        return Path(root) / "gtFine" / split
-
-    def list_samples(self, root: Path, split: str | None = None) -> list[Sample]:
-        samples = super().list_samples(root, split)
-        splits = self.splits if split is None else (split,)
-        if not samples and any(any(self.label_dir(Path(root), s).glob("*/*_gtFine_labelIds.png")) for s in splits):
-            raise SegleakError(
-                f"{root} has no _gtFine_labelTrainIds.png labels, only raw labelIds: run "
-                f"`segleak data prepare --dataset cityscapes --root {root}` first"
-            )
-        return samples
+def save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path, format="PNG")
 
 
-class BDD100KAdapter(DatasetAdapter):
-    """`images/10k/<split>/*.jpg` + `labels/sem_seg/masks/<split>/*.png` (already in trainIds)."""
-
-    name = "bdd100k"
-    image_suffix = ".jpg"
-    label_suffix = ".png"
-
-    def image_dir(self, root: Path, split: str) -> Path:
-        return Path(root) / "images" / "10k" / split
-
-    def label_dir(self, root: Path, split: str) -> Path:
-        return Path(root) / "labels" / "sem_seg" / "masks" / split
+def save_jpeg(array: np.ndarray, path: Path, quality: int) -> None:
+    Image.fromarray(array).save(path, format="JPEG", quality=quality)
 
 
-class MapillaryAdapter(DatasetAdapter):
-    """`<training|validation>/images/*.jpg` + `.../v1.2/labels/*.png` (palettised, index = v1.2 id)."""
-
-    name = "mapillary"
-    folder_of_split: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
-    image_suffix = ".jpg"
-    label_suffix = ".png"
-
-    def image_dir(self, root: Path, split: str) -> Path:
-        return Path(root) / self.folder_of_split[split] / "images"
-
-    def label_dir(self, root: Path, split: str) -> Path:
-        return Path(root) / self.folder_of_split[split] / "v1.2" / "labels"
-
-    def to_trainids(self, raw: np.ndarray) -> np.ndarray:
-        return map_mapillary_to_trainids(raw)
+def group_by_pattern(sample_id: str, pattern: str | None) -> str:
+    """The first capture group of `pattern` in the id's file stem, or the id itself (no pattern, no match)."""
+    if not pattern:
+        return sample_id
+    match = re.search(pattern, sample_id.split("/", 1)[-1])
+    return f"{sample_id.split('/', 1)[0]}/{match.group(1)}" if match else sample_id
 
 
-ADAPTERS: dict[str, type[DatasetAdapter]] = {
-    a.name: a for a in (CityscapesAdapter, BDD100KAdapter, MapillaryAdapter)
-}
+def get_adapter(spec: str | Mapping[str, Any]) -> DatasetAdapter:
+    """The adapter for a dataset name or a grid entry `{type: name, **options}`; SegleakError if unknown."""
+    if isinstance(spec, str):
+        return DATASETS.lookup(spec)()
+    options = {k: v for k, v in spec.items() if k not in ("type", "root")}
+    return DATASETS.lookup(spec.get("type"))(**options)
 
 
-def get_adapter(name: str) -> DatasetAdapter:
-    """The adapter for a dataset name; SegleakError listing the known names otherwise."""
-    try:
-        return ADAPTERS[name]()
-    except KeyError:
-        raise SegleakError(f"unknown dataset {name!r}; known: {', '.join(ADAPTERS)}") from None
+def dataset_names() -> tuple[str, ...]:
+    return DATASETS.names()

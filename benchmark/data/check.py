@@ -17,7 +17,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmark.data.adapters import DatasetAdapter, get_adapter
-from benchmark.data.labels import IGNORE_INDEX, MAPILLARY_NUM_CLASSES, NUM_CLASSES
 
 PROGRESS_MIN_FILES = 500  # show a progress bar (on stderr) only for trees at least this large
 
@@ -39,7 +38,7 @@ PROBLEMS = {
 class CheckReport:
     """What `check_dataset` found: pair counts per split and, per problem class, a count and one example."""
 
-    dataset: str
+    adapter: DatasetAdapter
     root: Path
     counts: dict[str, int] = field(default_factory=dict)
     problems: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -48,6 +47,10 @@ class CheckReport:
     def add(self, kind: str, example: Path | str, detail: str = "") -> None:
         count, first = self.problems.get(kind, (0, f"{example}{detail}"))
         self.problems[kind] = (count + 1, first)
+
+    @property
+    def dataset(self) -> str:
+        return self.adapter.name
 
     @property
     def usable(self) -> bool:
@@ -65,25 +68,9 @@ class CheckReport:
             if kind in self.problems:
                 count, example = self.problems[kind]
                 if kind == "label_values":
-                    text += f" (values {', '.join(map(str, sorted(self.bad_values)[:10]))}; {_space(self.dataset)})"
+                    text += f" (values {', '.join(map(str, sorted(self.bad_values)[:10]))}; {self.adapter.label_space()})"
                 out.append(f"{self.dataset} at {self.root}: {text}: {count} (e.g. {example})")
         return out
-
-
-def _space(dataset: str) -> str:
-    if dataset == "mapillary":
-        return f"Mapillary v1.2 ids are 0..{MAPILLARY_NUM_CLASSES - 1}"
-    hint = "; raw labelIds? run `segleak data prepare`" if dataset == "cityscapes" else ""
-    return f"trainIds are 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}{hint}"
-
-
-def _allowed_values(dataset: str) -> np.ndarray:
-    allowed = np.zeros(256, bool)
-    if dataset == "mapillary":
-        allowed[:MAPILLARY_NUM_CLASSES] = True
-    else:
-        allowed[:NUM_CLASSES] = allowed[IGNORE_INDEX] = True
-    return allowed
 
 
 def _decode(path: Path) -> Image.Image | None:
@@ -95,11 +82,12 @@ def _decode(path: Path) -> Image.Image | None:
         return None
 
 
-def check_dataset(dataset: str, root: Path) -> CheckReport:
-    """Validate the tree at `root` for `dataset`; `report.usable` is False when anything is wrong."""
+def check_dataset(dataset: str | dict, root: Path) -> CheckReport:
+    """Validate the tree at `root` for `dataset` (a name or an adapter spec); `report.usable` is False when
+    anything is wrong."""
     adapter = get_adapter(dataset)
     root = Path(root)
-    report = CheckReport(dataset, root)
+    report = CheckReport(adapter, root)
     if not root.is_dir():
         report.add("root", root)
         return report
@@ -110,7 +98,7 @@ def check_dataset(dataset: str, root: Path) -> CheckReport:
     pairs = []
     for split in adapter.splits:
         images, labels = adapter.image_files(root, split), adapter.label_files(root, split)
-        if dataset == "cityscapes" and not labels and any(adapter.label_dir(root, split).glob("*/*_labelIds.png")):
+        if adapter.name == "cityscapes" and not labels and any(adapter.label_dir(root, split).glob("*/*_labelIds.png")):
             report.add("no_trainids", adapter.label_dir(root, split), ": run `segleak data prepare --dataset cityscapes`")
         else:
             for stem in sorted(images.keys() - labels.keys()):
@@ -127,7 +115,7 @@ def check_dataset(dataset: str, root: Path) -> CheckReport:
 
 
 def _check_pairs(adapter: DatasetAdapter, pairs: list[tuple[Path, Path]], report: CheckReport) -> None:
-    allowed = _allowed_values(adapter.name)
+    allowed = adapter.allowed_raw_values()
     progress = tqdm(pairs, desc=f"checking {adapter.name}", unit="pair", file=sys.stderr,
                     disable=2 * len(pairs) < PROGRESS_MIN_FILES)
     for image_path, label_path in progress:

@@ -55,3 +55,9 @@ def map_mapillary_to_trainids(arr: np.ndarray) -> np.ndarray:
 def map_cityscapes_labelids_to_trainids(arr: np.ndarray) -> np.ndarray:
     """Raw Cityscapes labelIds (0..33) -> trainIds, for `_gtFine_labelIds.png` files without trainId twins."""
     return CITYSCAPES_LABELID_TO_TRAINID[np.asarray(arr)]
+
+# The 7 Cityscapes categories (the labelling of the generic dataset's synthetic twin) and trainId -> category.
+CITYSCAPES_CATEGORIES: tuple[str, ...] = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+TRAINID_TO_CATEGORY: np.ndarray = _lut(
+    {l.trainId: CITYSCAPES_CATEGORIES.index(l.category) for l in _CS_LABELS if 0 <= l.trainId < NUM_CLASSES}
+)

@@ -8,9 +8,7 @@ interrupted run never leaves a truncated label, and a second run writes nothing.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from tqdm import tqdm
 
 from benchmark.data.labels import map_cityscapes_labelids_to_trainids
 from benchmark.errors import SegleakError
+from benchmark.io import write_atomic
 
 POLYGONS, LABEL_IDS, TRAIN_IDS = "_gtFine_polygons.json", "_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"
 
@@ -50,17 +49,6 @@ def _from_label_ids(path: Path) -> Image.Image:
     return Image.fromarray(map_cityscapes_labelids_to_trainids(ids))
 
 
-def _write_atomic(image: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prepare_cityscapes(root: Path) -> int:
     """Write every missing `_gtFine_labelTrainIds.png` under `root/gtFine`; returns how many were written."""
     gt = Path(root) / "gtFine"
@@ -78,6 +66,6 @@ def prepare_cityscapes(root: Path) -> int:
         if target.exists():
             continue
         image = _from_polygons(source) if source.name.endswith(POLYGONS) else _from_label_ids(source)
-        _write_atomic(image, target)
+        write_atomic(target, lambda handle, image=image: image.save(handle, format="PNG"))
         written += 1
     return written

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -51,6 +52,18 @@ class Style:
     blur: float  # Gaussian blur sigma in pixels (0 = sharp)
 
 
+class LabelMaps(NamedTuple):
+    """One scene's label map in the three encodings the layouts store: Cityscapes trainIds and labelIds,
+    Mapillary v1.2 ids."""
+
+    train: np.ndarray
+    cs: np.ndarray
+    mv: np.ndarray
+
+    def shifted(self, move: Callable[[np.ndarray], np.ndarray]) -> LabelMaps:
+        return LabelMaps(*(move(a) for a in self))
+
+
 class Canvas:
     """Label maps (trainIds, Cityscapes labelIds, Mapillary ids) and per-pixel appearance, painted in layers."""
 
@@ -78,6 +91,9 @@ class Canvas:
         self.train[mask], self.cs[mask], self.mv[mask] = tid, cs, mv
         self.colour[mask] = colour
         self.tex[mask], self.amp[mask] = tex, amp
+
+    def labels(self) -> LabelMaps:
+        return LabelMaps(self.train, self.cs, self.mv)
 
     def tint(self, mask: np.ndarray, colour: np.ndarray) -> None:
         """Change the appearance only (windows, wheels, lamps), keeping the labels."""
@@ -122,8 +138,8 @@ def _vehicle_colour(c: Canvas) -> np.ndarray:
     return c.uniform_colour(25, 230) if c.rng.random() < 0.6 else np.full(3, c.rng.uniform(30, 220), np.float32)
 
 
-def draw_scene(h: int, w: int, style: Style, rng: np.random.Generator) -> tuple[Canvas, np.ndarray]:
-    """Draw one street scene; returns the canvas (label maps) and the rendered HxWx3 uint8 RGB image."""
+def draw_scene(h: int, w: int, style: Style, rng: np.random.Generator) -> tuple[LabelMaps, np.ndarray]:
+    """Draw one street scene; returns its label maps and the rendered HxWx3 uint8 RGB image."""
     c = Canvas(h, w, rng)
     hz = round(h * rng.uniform(*style.horizon))
     vx = w * rng.uniform(0.3, 0.7)
@@ -142,7 +158,7 @@ def draw_scene(h: int, w: int, style: Style, rng: np.random.Generator) -> tuple[
         top = h * (1 - rng.uniform(0.06, 0.14))
         c.paint(c.ellipse(h + (h - top) * 2.5, w / 2, (h - top) * 3.5, w * 0.9), IGNORE_INDEX,
                 c.uniform_colour(10, 60), NOISE, 5.0, ids=EGO)
-    return c, _render(c, style)
+    return c.labels(), _render(c, style)
 
 
 def _ground(c: Canvas, hz: int, vx: float, s_road: float, s_side: float, style: Style) -> None:

@@ -3,41 +3,97 @@
 Correctness holds by construction, and `Manifest` re-checks it on every construction (also when read
 back from disk): members and non-members of a role are disjoint; with shadow overlap f exactly
 round(f * n_shadow_members) shadow members are victim members and the rest are images the victim never
-saw; a placebo victim trains on images outside both of its query sets.
+saw; a placebo victim trains on images outside both of its query sets; the named pools (the attacker's
+population, reference sets for defenses, audit canaries) lie outside every query set. With `group_split`,
+all of this holds for whole groups (a city, a video sequence): no group has images on two sides.
 
-Dependent setting, how the ids are drawn (every step a fixed function of the seed and the sizes only):
-1. shuffle the victim pool; victim members = the first n_vm, victim non-members = the next n_vn;
-2. shuffle every other id; the first n_sm + n_sn are the shadow's fresh pool, the next n_vm the placebo
-   victim's training set;
-3. shadow members = the first k of a seeded shuffle of victim members (k = round(f * n_sm)) plus the
-   first n_sm - k of the fresh pool; shadow non-members = the last n_sn of the fresh pool.
+Every list is drawn by a seeded shuffle of groups (`_Draw`; without groups every image is its own group):
+a set takes whole groups in the shuffled order, and the leftover of the last, partly used group is given
+to no other set, so near-duplicate frames never cross a membership line.
+
+Dependent setting (one dataset), in this fixed order, each step a function of the seed and sizes only:
+1. victim members, then victim non-members, from the victim pool (all ids, or the train split: the paper);
+2. from the rest: shadow non-members, then the shadow's fresh members (the attacker's own population);
+3. shadow members = k = round(f * n_sm) victim members (a seeded shuffle of them) + the first n_sm - k fresh;
+4. the spare images (outside every query set), in order: the placebo victim's training set (falling back to
+   the attacker's images when the spare runs out, as at the paper's sizes), each role's reference set, canaries.
 So the victim's lists never depend on the overlap (one victim serves every overlap of a grid), the shadow
 non-members are the same for every overlap, the overlap members for f=0.5 are a subset of those for f=1,
 and a placebo manifest has the same query sets and shadow as the normal one.
+
+Independent setting (victim and shadow from two datasets): victim members from the victim's train split;
+non-members from its val split (the paper: other cities, a distribution shift) or, with
+`nonmembers_from: train`, held out of the train split (i.i.d., so the shift can be measured); the shadow's
+members and non-members from the shadow dataset; spare images as above.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmark.errors import SegleakError
+from benchmark.io import write_atomic
+from benchmark.params import Param
 
-VERSION = 1
+if TYPE_CHECKING:
+    from benchmark.data.adapters import DatasetAdapter
+
+VERSION = 2
 ROLES = ("victim", "shadow")
 LISTS = ("train", "members", "nonmembers")
-
-# The paper's split sizes (PAPER_NOTES.md).
-PAPER_DEPENDENT = {"cityscapes": (1488, 912, 555, 520)}  # victim members/non-members, shadow members/non-members
-PAPER_SHADOW = {"bdd100k": (4000, 4000), "mapillary": (10000, 10000)}
+POOLS = ("attacker", "victim_reference", "shadow_reference", "canaries")
 AUTO_FRACTION = 0.2  # dependent auto recipe: each of the five groups gets a fifth of the images
+
+# The grid's `splits.dependent` / `splits.independent` blocks (sizes: null = the whole split).
+SPLIT_PARAMS: dict[str, Param] = {
+    "victim_members": Param(int, default=None, nullable=True, low=1),
+    "victim_nonmembers": Param(int, default=None, nullable=True, low=1),
+    "shadow_members": Param(int, default=None, nullable=True, low=1),
+    "shadow_nonmembers": Param(int, default=None, nullable=True, low=1),
+    "victim_pool": Param(str, default="all", choices=("all", "train"), help="dependent: where the victim's lists come from"),
+    "nonmembers_from": Param(str, default="val", choices=("val", "train"), help="independent: val, or held out of train (i.i.d.)"),
+    "reference": Param(int, default=0, low=0, help="non-member images per role for defenses that need them"),
+    "canaries": Param(int, default=0, low=0, help="audit canaries outside every query set"),
+}
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """A dataset's image ids by split and the group of each image (its own id when it has none)."""
+
+    dataset: str
+    splits: Mapping[str, tuple[str, ...]]
+    groups: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(i for ids in self.splits.values() for i in ids)
+
+    def group(self, image_id: str) -> str:
+        return self.groups.get(image_id, image_id)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Sizes and options of one setting's split (None = the whole split; reference/canaries: 0 = none)."""
+
+    victim_members: int | None = None
+    victim_nonmembers: int | None = None
+    shadow_members: int | None = None
+    shadow_nonmembers: int | None = None
+    victim_pool: str = "all"
+    nonmembers_from: str = "val"
+    group_split: bool = True
+    reference: int = 0  # images per role for defenses that train on non-members (distillation, adv. reg.)
+    canaries: int = 0  # audit canaries
 
 
 @dataclass(frozen=True)
@@ -55,6 +111,10 @@ class RoleSplit:
     def to_dict(self) -> dict[str, list[str]]:
         return {name: list(getattr(self, name)) for name in LISTS}
 
+    @property
+    def queried(self) -> set[str]:
+        return set(self.members) | set(self.nonmembers)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -68,16 +128,27 @@ class Manifest:
     placebo: bool
     victim: RoleSplit
     shadow: RoleSplit
+    pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    groups: Mapping[str, str] = field(default_factory=dict)  # id -> group, for ids whose group is not the id
+    group_split: bool = False
     version: int = VERSION
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def group(self, image_id: str) -> str:
+        return self.groups.get(image_id, image_id)
+
+    def pool(self, name: str) -> tuple[str, ...]:
+        return tuple(self.pools.get(name, ()))
 
     def to_dict(self) -> dict:
         return {
             "version": self.version, "setting": self.setting, "dataset": self.dataset,
             "shadow_dataset": self.shadow_dataset, "seed": self.seed, "overlap": self.overlap,
             "placebo": self.placebo, "victim": self.victim.to_dict(), "shadow": self.shadow.to_dict(),
+            "pools": {k: sorted(v) for k, v in self.pools.items()}, "groups": dict(self.groups),
+            "group_split": self.group_split,
         }
 
     def to_json(self) -> str:
@@ -86,6 +157,17 @@ class Manifest:
 
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def attacker_seen(self) -> set[str]:
+        """Groups of every image the attacker trained anything on (its shadow's members and non-members)."""
+        return {self.group(i) for i in self.shadow.queried}
+
+    def scored(self) -> tuple[list[str], list[str]]:
+        """The victim's query images a cell may score: those whose group the attacker never trained on (with
+        overlap f, the shared members and, under a group split, their near-duplicates are left out)."""
+        seen = self.attacker_seen()
+        return ([i for i in self.victim.members if self.group(i) not in seen],
+                [i for i in self.victim.nonmembers if self.group(i) not in seen])
 
     def summary(self) -> str:
         v, s = self.victim, self.shadow
@@ -96,15 +178,20 @@ class Manifest:
             + f", seed {self.seed}{', placebo' if self.placebo else ''}: victim trains on {len(v.train)}, "
             f"{len(v.members)} members / {len(v.nonmembers)} non-members; shadow {len(s.members)} members "
             f"({shared} from the victim's) / {len(s.nonmembers)} non-members"
+            + "".join(f"; {name} {len(ids)}" for name, ids in sorted(self.pools.items()))
+            + (f"; split by {len(set(self.groups.values()))} groups" if self.group_split and self.groups else "")
         )
 
     @classmethod
     def from_dict(cls, data: dict) -> Manifest:
+        if data.get("version") != VERSION:
+            raise SegleakError(f"manifest version {data.get('version')!r} is not {VERSION}: rebuild it")
         roles = {role: RoleSplit.of(*(data[role][name] for name in LISTS)) for role in ROLES}
         return cls(
             setting=data["setting"], dataset=data["dataset"], shadow_dataset=data["shadow_dataset"],
             seed=int(data["seed"]), overlap=float(data["overlap"]), placebo=bool(data["placebo"]),
-            version=int(data["version"]), **roles,
+            pools={k: tuple(v) for k, v in data["pools"].items()}, groups=dict(data["groups"]),
+            group_split=bool(data["group_split"]), version=int(data["version"]), **roles,
         )
 
 
@@ -112,28 +199,74 @@ def _validate(m: Manifest) -> None:
     """The manifest invariants; a violation means a bug or a hand-edited file."""
     if m.setting not in ("dependent", "independent"):
         raise SegleakError(f"manifest setting must be dependent or independent, got {m.setting!r}")
+    key = m.group if m.group_split else (lambda i: i)
+
+    def groups(ids) -> set[str]:
+        return {key(i) for i in ids}
+
     for role in ROLES:
         split: RoleSplit = getattr(m, role)
-        if set(split.members) & set(split.nonmembers):
-            raise SegleakError(f"manifest: {role} members and non-members share ids")
+        if groups(split.members) & groups(split.nonmembers):
+            raise SegleakError(f"manifest: {role} members and non-members share "
+                               + ("groups" if m.group_split else "ids"))
         if not split.members or not split.nonmembers:
             raise SegleakError(f"manifest: {role} has an empty member or non-member list")
     if m.shadow.train != m.shadow.members:
         raise SegleakError("manifest: the shadow must train on exactly its members")
-    victim_query = set(m.victim.members) | set(m.victim.nonmembers)
-    if m.placebo and set(m.victim.train) & victim_query:
+    if m.placebo and groups(m.victim.train) & groups(m.victim.queried):
         raise SegleakError("manifest: a placebo victim's training set must be disjoint from its query sets")
     if not m.placebo and m.victim.train != m.victim.members:
         raise SegleakError("manifest: the victim must train on exactly its members")
+    # pools lie outside the query sets of their dataset (both roles' in the dependent setting)
+    same = m.setting == "dependent"
+    victim_side = m.victim.queried | (m.shadow.queried if same else set())
+    shadow_side = m.shadow.queried | (m.victim.queried if same else set())
+    outside = {"victim_reference": victim_side, "canaries": victim_side, "shadow_reference": shadow_side,
+               "attacker": m.victim.queried if same else set()}
+    for name, ids in m.pools.items():
+        if name not in POOLS:
+            raise SegleakError(f"manifest: unknown pool {name!r}")
+        if groups(ids) & groups(outside[name]):
+            raise SegleakError(f"manifest: pool {name!r} overlaps a query set")
     if m.setting == "dependent":
         # stated on the query sets: a normal victim trains on its members; a placebo victim may train on
         # shadow images, which it never queries
+        victim_query = m.victim.queried
         from_victim = set(m.shadow.members) & victim_query
-        if from_victim - set(m.victim.members) or set(m.shadow.nonmembers) & victim_query:
+        fresh = m.shadow.queried - from_victim
+        if from_victim - set(m.victim.members) or groups(fresh) & groups(victim_query):
             raise SegleakError("manifest: shadow ids outside the overlap must be images the victim never saw")
         if len(from_victim) != round(m.overlap * len(m.shadow.members)):
             raise SegleakError(f"manifest: {len(from_victim)} shadow members come from the victim, overlap "
                                f"{m.overlap} needs {round(m.overlap * len(m.shadow.members))}")
+
+
+class _Draw:
+    """A seeded shuffle of whole groups; `take(n)` returns the next n images, dropping the leftover of the
+    last, partly used group, so no group is split between two sets (every image is a group when `by_group`
+    is False)."""
+
+    def __init__(self, ids: Sequence[str], index: ImageIndex, rng: np.random.Generator, by_group: bool) -> None:
+        key = index.group if by_group else (lambda i: i)
+        members: dict[str, list[str]] = {}
+        for i in sorted(ids):
+            members.setdefault(key(i), []).append(i)
+        keys = sorted(members)
+        self.queue = deque(members[keys[j]] for j in rng.permutation(len(keys)))
+
+    def available(self) -> int:
+        return sum(len(g) for g in self.queue)
+
+    def take(self, n: int, what: str) -> list[str]:
+        if n > self.available():
+            raise SegleakError(f"pools too small: {what} need {n} images, only {self.available()} are left")
+        out: list[str] = []
+        while len(out) < n:
+            out += self.queue.popleft()[: n - len(out)]
+        return out
+
+    def rest(self) -> list[str]:
+        return [i for group in self.queue for i in group]
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -142,168 +275,184 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream])
 
 
-def _shuffled(ids: Sequence[str], rng: np.random.Generator) -> list[str]:
-    ordered = sorted(ids)
-    return [ordered[i] for i in rng.permutation(len(ordered))]
+def _outside(ids: Sequence[str], used: Sequence[str], index: ImageIndex, by_group: bool) -> list[str]:
+    """`ids` whose group (or id) is not among those of `used`."""
+    key = index.group if by_group else (lambda i: i)
+    taken = {key(i) for i in used}
+    return [i for i in ids if key(i) not in taken]
 
 
-def _check_count(name: str, value: int) -> None:
-    if value < 1:
-        raise SegleakError(f"{name} must be >= 1, got {value}")
+def _size(value: int | None, available: int, what: str) -> int:
+    n = available if value is None else value
+    if n < 1:
+        raise SegleakError(f"{what} must be >= 1, got {n}")
+    return n
 
 
-def _unique(ids: Sequence[str], what: str) -> list[str]:
-    ids = list(ids)
-    if len(set(ids)) != len(ids):
-        raise SegleakError(f"{what} contains duplicate ids")
-    return ids
+def _spare_pools(spec: SplitSpec, spare: _Draw, n_placebo: int, fallback: Sequence[str], placebo: bool,
+                 roles: Sequence[str], shadow_spare: _Draw | None = None) -> tuple[list[str], dict[str, list[str]]]:
+    """The placebo victim's training set and the named pools, drawn from the spare images in a fixed order, so
+    asking for canaries never changes the placebo set and asking for a placebo never changes a pool."""
+    reserved = spare.take(min(n_placebo, spare.available()), "the placebo victim")
+    placebo_train = (reserved + [i for i in fallback if i not in set(reserved)])[:n_placebo] if placebo else []
+    if placebo and len(placebo_train) < 1:
+        raise SegleakError("pools too small: no image is left outside the query sets for the placebo victim")
+    pools: dict[str, list[str]] = {}
+    if spec.reference:
+        for role in roles:
+            source = shadow_spare if role == "shadow" and shadow_spare is not None else spare
+            pools[f"{role}_reference"] = source.take(spec.reference, f"the {role}'s reference set")
+    if spec.canaries:
+        pools["canaries"] = spare.take(spec.canaries, "the audit canaries")
+    return placebo_train, pools
 
 
-def dependent_manifest(ids: Sequence[str], *, dataset: str, n_victim_members: int, n_victim_nonmembers: int,
-                       n_shadow_members: int, n_shadow_nonmembers: int, overlap: float, seed: int,
-                       placebo: bool = False, victim_pool: Sequence[str] | None = None) -> Manifest:
-    """Victim and shadow drawn from one dataset's `ids`, the shadow overlapping the victim by `overlap`.
+def _groups_of(index: ImageIndex, ids: Sequence[str]) -> dict[str, str]:
+    return {i: index.group(i) for i in ids if index.group(i) != i}
 
-    `victim_pool` (default: all ids) restricts where the victim's lists come from (the paper draws them
-    from Cityscapes train only); the shadow's other images come from the rest of `ids`.
-    """
+
+def dependent_manifest(index: ImageIndex, spec: SplitSpec, *, overlap: float, seed: int,
+                       placebo: bool = False) -> Manifest:
+    """Victim and shadow drawn from one dataset, the shadow overlapping the victim by `overlap` (see above)."""
     if not 0.0 <= overlap <= 1.0:
         raise SegleakError(f"overlap must be in [0, 1], got {overlap}")
-    sizes = {"n_victim_members": n_victim_members, "n_victim_nonmembers": n_victim_nonmembers,
-             "n_shadow_members": n_shadow_members, "n_shadow_nonmembers": n_shadow_nonmembers}
+    by_group = spec.group_split
+    ids = index.ids
+    pool = list(index.splits.get("train", ())) if spec.victim_pool == "train" else ids
+    sizes = {name: getattr(spec, name) for name in ("victim_members", "victim_nonmembers", "shadow_members",
+                                                     "shadow_nonmembers")}
     for name, value in sizes.items():
-        _check_count(name, value)
-    ids = _unique(ids, f"{dataset} ids")
-    pool = _unique(ids if victim_pool is None else victim_pool, "victim pool")
-    if not set(pool) <= set(ids):
-        raise SegleakError("the victim pool has ids that are not in the dataset")
-    n_victim = n_victim_members + n_victim_nonmembers
-    if n_victim > len(pool):
-        raise SegleakError(f"{n_victim_members} victim members + {n_victim_nonmembers} non-members need "
-                           f"{n_victim} images, the victim pool has {len(pool)}")
-    victim = _shuffled(pool, _rng(seed, 0))
-    members, nonmembers = victim[:n_victim_members], victim[n_victim_members:n_victim]
-    rest = _shuffled(set(ids) - set(members) - set(nonmembers), _rng(seed, 1))
-    n_fresh = n_shadow_members + n_shadow_nonmembers
-    if n_fresh > len(rest):
-        raise SegleakError(
-            f"pools too small: the shadow needs {n_fresh} images the victim never saw, but only {len(rest)} "
-            f"of {len(ids)} {dataset} images are left after the victim's {n_victim}"
-        )
-    k = round(overlap * n_shadow_members)
-    shared = _shuffled(members, _rng(seed, 2))[:k]
-    fresh = rest[:n_fresh]
-    shadow_members = shared + fresh[: n_shadow_members - k]
-    # the placebo victim must never see either query set; images nobody uses come first, then the shadow's
-    # (the attack never sees the placebo victim's training data), so even the paper's sizes, which use
-    # every image, leave it up to n_victim_members images to train on
-    victim_train = (rest[n_fresh:] + rest[:n_fresh])[:n_victim_members] if placebo else members
+        if value is None:
+            raise SegleakError(f"the dependent setting needs an explicit size for {name}")
+        _size(value, 0, name)
+    victim = _Draw(pool, index, _rng(seed, 0), by_group)
+    members = victim.take(spec.victim_members, f"{spec.victim_members} victim members and the victim non-members")
+    nonmembers = victim.take(spec.victim_nonmembers, f"{spec.victim_nonmembers} victim non-members")
+    rest = _Draw(_outside(ids, members + nonmembers, index, by_group), index, _rng(seed, 1), by_group)
+    shadow_nonmembers = rest.take(spec.shadow_nonmembers, "the shadow's non-members (images the victim never saw)")
+    fresh = rest.take(spec.shadow_members, "the shadow's members (images the victim never saw)")
+    k = round(overlap * spec.shadow_members)
+    shared = _Draw(members, index, _rng(seed, 2), False).take(k, "the overlap")
+    shadow_members = shared + fresh[: spec.shadow_members - k]
+    victim_train, pools = _spare_pools(spec, rest, spec.victim_members, fresh + shadow_nonmembers, placebo,
+                                       ("victim", "shadow"))
+    used = members + nonmembers + shadow_members + shadow_nonmembers + victim_train
     return Manifest(
-        setting="dependent", dataset=dataset, shadow_dataset=dataset, seed=seed, overlap=float(overlap),
-        placebo=placebo, victim=RoleSplit.of(victim_train, members, nonmembers),
-        shadow=RoleSplit.of(shadow_members, shadow_members, fresh[n_shadow_members:]),
+        setting="dependent", dataset=index.dataset, shadow_dataset=index.dataset, seed=seed, overlap=float(overlap),
+        placebo=placebo, victim=RoleSplit.of(victim_train if placebo else members, members, nonmembers),
+        shadow=RoleSplit.of(shadow_members, shadow_members, shadow_nonmembers),
+        pools={"attacker": tuple(sorted(fresh + shadow_nonmembers)), **{k: tuple(v) for k, v in pools.items()}},
+        groups=_groups_of(index, used + [i for v in pools.values() for i in v]) if by_group else {},
+        group_split=by_group,
     )
 
 
-def independent_manifest(*, dataset: str, victim_member_ids: Sequence[str], victim_nonmember_ids: Sequence[str],
-                         shadow_dataset: str, shadow_ids: Sequence[str], n_shadow_members: int,
-                         n_shadow_nonmembers: int, seed: int, placebo: bool = False,
-                         placebo_ids: Sequence[str] = ()) -> Manifest:
-    """Victim lists given (e.g. Cityscapes train vs val), shadow drawn from another dataset's `shadow_ids`.
-
-    With `placebo`, the victim trains on `placebo_ids`, which must be disjoint from both query sets.
-    """
-    _check_count("n_shadow_members", n_shadow_members)
-    _check_count("n_shadow_nonmembers", n_shadow_nonmembers)
-    members = _unique(victim_member_ids, "victim members")
-    nonmembers = _unique(victim_nonmember_ids, "victim non-members")
-    shadow_ids = _unique(shadow_ids, f"{shadow_dataset} ids")
-    if set(members) & set(nonmembers):
-        raise SegleakError("victim members and non-members share ids")
-    if placebo and not placebo_ids:
-        raise SegleakError("a placebo manifest needs placebo_ids for the victim to train on")
-    if set(placebo_ids) & (set(members) | set(nonmembers)):
-        raise SegleakError("placebo_ids overlap the victim's members or non-members")
-    n = n_shadow_members + n_shadow_nonmembers
-    if n > len(shadow_ids):
-        raise SegleakError(f"{n_shadow_members} shadow members + {n_shadow_nonmembers} non-members need {n} "
-                           f"images, {shadow_dataset} has {len(shadow_ids)}")
-    shadow = _shuffled(shadow_ids, _rng(seed, 3))
+def independent_manifest(victim: ImageIndex, shadow: ImageIndex, spec: SplitSpec, *, seed: int,
+                         placebo: bool = False) -> Manifest:
+    """Victim lists from the victim dataset (train vs val, or i.i.d. within train), shadow from another."""
+    by_group = spec.group_split
+    train, val = list(victim.splits.get("train", ())), list(victim.splits.get("val", ()))
+    draw = _Draw(train, victim, _rng(seed, 4), by_group)
+    if spec.nonmembers_from == "val":
+        members = draw.take(_size(spec.victim_members, draw.available(), "victim_members"),
+                            f"{spec.victim_members} victim members from the train split")
+        val_draw = _Draw(val, victim, _rng(seed, 5), by_group)
+        nonmembers = val_draw.take(_size(spec.victim_nonmembers, val_draw.available(), "victim_nonmembers"),
+                                   f"{spec.victim_nonmembers} victim non-members from the val split")
+    else:
+        n_non = _size(spec.victim_nonmembers, 0, "victim_nonmembers (held out of train)")
+        nonmembers = draw.take(n_non, f"{n_non} victim non-members held out of the train split")
+        members = draw.take(_size(spec.victim_members, draw.available(), "victim_members"),
+                            f"{spec.victim_members} victim members from the rest of the train split")
+    shadow_draw = _Draw(shadow.ids, shadow, _rng(seed, 3), by_group)
+    n_sm = _size(spec.shadow_members, shadow_draw.available() // 2, "shadow_members")
+    n_sn = _size(spec.shadow_nonmembers, shadow_draw.available() // 2, "shadow_nonmembers")
+    shadow_nonmembers = shadow_draw.take(n_sn, f"{n_sm} shadow members + {n_sn} non-members from {shadow.dataset}")
+    shadow_members = shadow_draw.take(n_sm, f"{n_sm} shadow members + {n_sn} non-members from {shadow.dataset}")
+    spare = _Draw(_outside(victim.ids, members + nonmembers, victim, by_group), victim, _rng(seed, 6), by_group)
+    victim_train, pools = _spare_pools(spec, spare, len(members), (), placebo, ("victim", "shadow"), shadow_draw)
+    used = members + nonmembers + victim_train + [i for k, v in pools.items() if k != "shadow_reference" for i in v]
+    groups = {**_groups_of(victim, used),
+              **_groups_of(shadow, shadow_members + shadow_nonmembers + pools.get("shadow_reference", []))}
     return Manifest(
-        setting="independent", dataset=dataset, shadow_dataset=shadow_dataset, seed=seed, overlap=0.0,
-        placebo=placebo, victim=RoleSplit.of(placebo_ids if placebo else members, members, nonmembers),
-        shadow=RoleSplit.of(shadow[:n_shadow_members], shadow[:n_shadow_members], shadow[n_shadow_members:n]),
+        setting="independent", dataset=victim.dataset, shadow_dataset=shadow.dataset, seed=seed, overlap=0.0,
+        placebo=placebo, victim=RoleSplit.of(victim_train if placebo else members, members, nonmembers),
+        shadow=RoleSplit.of(shadow_members, shadow_members, shadow_nonmembers),
+        pools={"attacker": tuple(sorted(shadow_members + shadow_nonmembers)), **{k: tuple(v) for k, v in pools.items()}},
+        groups=groups if by_group else {}, group_split=by_group,
     )
 
 
-def make_manifest(dataset: str, root: Path, overlap: float, seed: int, recipe: str = "auto",
-                  shadow_dataset: str | None = None, shadow_root: Path | None = None,
-                  placebo: bool = False) -> Manifest:
-    """The manifest `segleak splits` writes, from the images found under `root` (and `shadow_root`).
+def image_index(name: str, adapter: DatasetAdapter, root: Path) -> ImageIndex:
+    """Every image id of the dataset at `root` by split, with its group (from the adapter)."""
+    splits = {split: tuple(s.id for s in adapter.list_samples(root, split)) for split in adapter.splits}
+    groups = {i: adapter.group_of(i) for ids in splits.values() for i in ids}
+    return ImageIndex(name, splits, {i: g for i, g in groups.items() if g != i})
 
-    recipe "paper": the paper's sizes. Dependent (Cityscapes only): victim 1488 members / 912 non-members
-    from train, shadow 555 / 520 from the rest of train plus val. Independent: the victim's members are
-    all of the dataset's train, non-members all of val; shadow BDD100K 4000 / 4000, Mapillary 10000 / 10000.
-    recipe "auto": dependent uses train+val and gives each of victim members, victim non-members, shadow
-    members, shadow non-members and the placebo victim's training set a fifth of the images (the fifth
-    is kept free even without placebo, so the placebo manifest queries the same images with the same
-    shadow); independent is as in "paper" with the shadow's train+val split in halves.
-    An independent placebo victim trains on a seeded half of train and is queried with the other half.
+
+def recipe_spec(recipe: str, victim: DatasetAdapter, shadow: DatasetAdapter | None, n_images: int,
+                group_split: bool = True) -> SplitSpec:
+    """The sizes `segleak splits --recipe` uses.
+
+    "paper": the paper's sizes. Dependent (Cityscapes): victim 1488 members / 912 non-members from train,
+    shadow 555 / 520 from the rest of train plus val. Independent: the victim's members are all of the
+    dataset's train split, non-members all of val; shadow BDD100K 4000 / 4000, Mapillary 10000 / 10000.
+    "auto": dependent gives each of victim members, victim non-members, shadow members, shadow non-members
+    and the placebo victim's training set a fifth of the images; independent is as in "paper" with the
+    shadow dataset split in halves.
     """
-    from benchmark.data.adapters import get_adapter
-
     if recipe not in ("auto", "paper"):
         raise SegleakError(f"unknown recipe {recipe!r}; known: auto, paper")
-    ids = [s.id for s in get_adapter(dataset).list_samples(root)]
-    if shadow_dataset is None and shadow_root is None:
+    if shadow is None:
         if recipe == "paper":
-            if dataset not in PAPER_DEPENDENT:
-                raise SegleakError(f"the paper recipe has dependent splits for cityscapes only, not {dataset}")
-            sizes = PAPER_DEPENDENT[dataset]
-            victim_pool = [i for i in ids if i.startswith("train/")]
-        else:
-            n = int(len(ids) * AUTO_FRACTION)
-            if n < 1:
-                raise SegleakError(f"pools too small: the auto recipe needs at least 5 images, {root} has {len(ids)}")
-            sizes, victim_pool = (n, n, n, n), None
-        return dependent_manifest(
-            ids, dataset=dataset, n_victim_members=sizes[0], n_victim_nonmembers=sizes[1],
-            n_shadow_members=sizes[2], n_shadow_nonmembers=sizes[3], overlap=overlap, seed=seed,
-            placebo=placebo, victim_pool=victim_pool,
-        )
+            if victim.paper_dependent is None:
+                raise SegleakError(f"the paper recipe has dependent splits for cityscapes only, not {victim.name}")
+            vm, vn, sm, sn = victim.paper_dependent
+            return SplitSpec(vm, vn, sm, sn, victim_pool="train", group_split=group_split)
+        n = int(n_images * AUTO_FRACTION)
+        if n < 1:
+            raise SegleakError(f"pools too small: the auto recipe needs at least 5 images, the dataset has {n_images}")
+        return SplitSpec(n, n, n, n, group_split=group_split)
+    if recipe == "paper":
+        if shadow.paper_shadow is None:
+            raise SegleakError(f"the paper recipe has no independent shadow split for {shadow.name}")
+        return SplitSpec(None, None, *shadow.paper_shadow, group_split=group_split)
+    return SplitSpec(group_split=group_split)
+
+
+def make_manifest(dataset: str | dict, root: Path, overlap: float, seed: int, recipe: str = "auto",
+                  shadow_dataset: str | dict | None = None, shadow_root: Path | None = None,
+                  placebo: bool = False, group_split: bool = True) -> Manifest:
+    """The manifest `segleak splits` writes, from the images found under `root` (and `shadow_root`), through
+    the same functions the benchmark's runner calls. An independent placebo victim trains on a seeded half of
+    train (the other half are the members)."""
+    from benchmark.data.adapters import get_adapter
+
+    adapter = get_adapter(dataset)
+    index = image_index(adapter.name, adapter, Path(root))
+    if shadow_dataset is None and shadow_root is None:
+        spec = recipe_spec(recipe, adapter, None, len(index.ids), group_split)
+        return dependent_manifest(index, spec, overlap=overlap, seed=seed, placebo=placebo)
     if shadow_dataset is None or shadow_root is None:
         raise SegleakError("the independent setting needs both --shadow-dataset and --shadow-root")
-    if shadow_dataset == dataset:
-        raise SegleakError(f"shadow dataset {shadow_dataset} is the victim's: omit it for the dependent setting")
+    shadow_adapter = get_adapter(shadow_dataset)
+    if shadow_adapter.spec == adapter.spec:
+        raise SegleakError(f"shadow dataset {shadow_adapter.name} is the victim's: omit it for the dependent setting")
     if overlap != 0.0:
         raise SegleakError(f"overlap {overlap} applies only to the dependent setting (no shadow dataset)")
-    shadow_ids = [s.id for s in get_adapter(shadow_dataset).list_samples(shadow_root)]
-    if recipe == "paper":
-        if shadow_dataset not in PAPER_SHADOW:
-            raise SegleakError(f"the paper recipe has no independent shadow split for {shadow_dataset}")
-        n_sm, n_sn = PAPER_SHADOW[shadow_dataset]
-    else:
-        n_sm = n_sn = len(shadow_ids) // 2
-    members = [i for i in ids if i.startswith("train/")]
-    nonmembers = [i for i in ids if i.startswith("val/")]
-    placebo_ids: list[str] = []
-    if placebo:
-        half = _shuffled(members, _rng(seed, 4))
-        members, placebo_ids = half[: len(half) // 2], half[len(half) // 2:]
-    return independent_manifest(
-        dataset=dataset, victim_member_ids=members, victim_nonmember_ids=nonmembers,
-        shadow_dataset=shadow_dataset, shadow_ids=shadow_ids, n_shadow_members=n_sm, n_shadow_nonmembers=n_sn,
-        seed=seed, placebo=placebo, placebo_ids=placebo_ids,
-    )
+    spec = recipe_spec(recipe, adapter, shadow_adapter, len(index.ids), group_split)
+    if placebo:  # every train image is a member in these recipes: half of them train the placebo instead
+        spec = SplitSpec(**{**spec.__dict__, "victim_members": len(index.splits.get("train", ())) // 2})
+    return independent_manifest(index, image_index(shadow_adapter.name, shadow_adapter, Path(shadow_root)), spec,
+                                seed=seed, placebo=placebo)
 
 
 def write_manifest(manifest: Manifest, path: Path) -> str:
     """Write the JSON and `<path>.sha256` (sha256sum format) atomically; returns the digest."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     digest = manifest.digest()
-    _write_atomic(path, manifest.to_json())
-    _write_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
+    write_atomic(path, manifest.to_json())
+    write_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
     return digest
 
 
@@ -325,14 +474,3 @@ def read_manifest(path: Path) -> Manifest:
         raise SegleakError(f"manifest {path} is malformed: {exc}") from None
     except SegleakError as exc:
         raise SegleakError(f"manifest {path} is invalid: {exc}") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

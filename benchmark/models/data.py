@@ -1,4 +1,4 @@
-"""A torch Dataset over a list of samples of one dataset adapter, for training and querying models.
+"""Torch datasets over a list of samples of one dataset adapter, and the Lightning data module of one model.
 
 Images stay in 0..255 (as float): normalisation belongs to the model (its mmseg data preprocessor's mean/std),
 so a released model is queried with raw images like any black-box API. Each item carries its stable image
@@ -9,18 +9,20 @@ reads items as `(image, label, index)` tuples (`TupleView`) and maps indices bac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from benchmark.data.adapters import DatasetAdapter, Sample
 from benchmark.errors import SegleakError
 
 
 class SegmentationDataset(Dataset):
-    """Images and trainId labels of `samples`, optionally resized to `size` (H, W)."""
+    """Images and labels of `samples`, optionally resized to `size` (H, W)."""
 
     def __init__(self, adapter: DatasetAdapter, samples: Sequence[Sample], size: tuple[int, int] | None = None):
         if size is not None and (len(size) != 2 or min(size) < 1):
@@ -47,7 +49,7 @@ class SegmentationDataset(Dataset):
             )
         if self.size is not None and tuple(label.shape) != self.size:
             image = F.interpolate(image[None], size=self.size, mode="bilinear", align_corners=False)[0]
-            label = F.interpolate(label[None, None].float(), size=self.size, mode="nearest")[0, 0].long()
+            label = F.interpolate(label[None, None].float(), size=self.size, mode="nearest-exact")[0, 0].long()
         return {"image": image, "label": label, "id": sample.id, "index": torch.tensor(index)}
 
 
@@ -76,3 +78,62 @@ class TupleView(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         item = self.dataset[index]
         return item["image"], item["label"], item["index"]
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Everything one model reads: its training set, the sets it is evaluated on (by name), and the extra
+    inputs a training defense may need (a reference set of non-member images, a teacher's checkpoint).
+
+    Loaders are seeded (`seed`), so training is reproducible; `num_workers` and pinned memory feed a GPU.
+    A defense may swap the training loader (DP-SGD's Poisson sampling) or the training set (distillation).
+    """
+
+    def __init__(self, adapter: DatasetAdapter, train: Sequence[Sample], evaluate: Mapping[str, Sequence[Sample]], *,
+                 batch_size: int, image_size: tuple[int, int] | None = None, seed: int = 0, num_workers: int = 0,
+                 reference: Sequence[Sample] = (), teacher: Path | None = None) -> None:
+        super().__init__()
+        self.adapter, self.batch_size, self.image_size = adapter, batch_size, image_size
+        self.num_workers = num_workers
+        self.train_set = SegmentationDataset(adapter, train, image_size)
+        self.eval_sets = {name: SegmentationDataset(adapter, s, image_size) for name, s in evaluate.items() if s}
+        self.reference_set = SegmentationDataset(adapter, reference, image_size)
+        self.teacher = teacher
+        self.generator = torch.Generator().manual_seed(seed)
+        self._train_loader: DataLoader | None = None
+
+    @property
+    def eval_names(self) -> list[str]:
+        return list(self.eval_sets)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_samples,
+                          generator=self.generator if shuffle else None, drop_last=drop_last,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train_loader is not None:
+            return self._train_loader
+        # a lone 1-image last batch would break BatchNorm
+        return self._loader(self.train_set, shuffle=True, drop_last=len(self.train_set) > self.batch_size)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(s, shuffle=False) for s in self.eval_sets.values()]
+
+    def tuple_loader(self) -> DataLoader:
+        """The training set as `(image, label, index)` batches: what Opacus' Poisson sampler wraps."""
+        return DataLoader(TupleView(self.train_set), batch_size=self.batch_size, generator=self.generator)
+
+    def use_train_loader(self, loader: DataLoader) -> None:
+        self._train_loader = loader
+
+    def use_train_samples(self, samples: Sequence[Sample]) -> None:
+        """Train on other images (distillation trains the released student on the reference set only)."""
+        self.train_set = SegmentationDataset(self.adapter, samples, self.image_size)
+
+    def reference_batches(self) -> Iterator[dict]:
+        """Shuffled batches of the reference set, cycling forever (adversarial regularisation's non-members)."""
+        if not len(self.reference_set):
+            raise SegleakError("this defense needs a reference set of non-member images, and none was given")
+        while True:
+            yield from self._loader(self.reference_set, shuffle=True)

@@ -24,6 +24,7 @@ accountant after training.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -38,7 +39,6 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from benchmark.defenses.training import DPParams
 from benchmark.errors import SegleakError
 
 ACCOUNTANT = "rdp"
@@ -87,35 +87,34 @@ class PrivateTraining:
     noise_multiplier: float
 
     def epsilon(self) -> float:
-        """Privacy spent so far at `delta` (0 before any step)."""
+        """Privacy spent so far at `delta` (0 before any step; inf without noise: no guarantee at all)."""
+        if self.noise_multiplier == 0:
+            return math.inf
         return float(self.engine.get_epsilon(self.delta))
 
 
 def make_private(
-    net: nn.Module, optimizer: Optimizer, loader: DataLoader, params: DPParams, *, epochs: int
+    net: nn.Module, optimizer: Optimizer, loader: DataLoader, *, max_grad_norm: float, delta: float, epochs: int,
+    noise_multiplier: float | None = None, target_epsilon: float | None = None,
 ) -> PrivateTraining:
-    """Wrap model, optimiser and loader for DP-SGD; the noise is given or calibrated to the target epsilon."""
-    n = len(loader.dataset)
-    delta = params.resolved_delta(n)
+    """Wrap model, optimiser and loader for DP-SGD; the noise is given or calibrated to `target_epsilon`."""
     common = dict(
         module=net,
         optimizer=optimizer,
         data_loader=loader,
-        max_grad_norm=params.max_grad_norm,
+        max_grad_norm=max_grad_norm,
         poisson_sampling=True,
         grad_sample_mode=grad_sample_mode(net),
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # seeded RNGs are the point here
         engine = PrivacyEngine(accountant=ACCOUNTANT)
-        if params.target_epsilon is not None:
+        if target_epsilon is not None:
             wrapped, dp_optimizer, dp_loader = engine.make_private_with_epsilon(
-                target_epsilon=params.target_epsilon, target_delta=delta, epochs=epochs, **common
+                target_epsilon=target_epsilon, target_delta=delta, epochs=epochs, **common
             )
         else:
-            wrapped, dp_optimizer, dp_loader = engine.make_private(
-                noise_multiplier=params.noise_multiplier, **common
-            )
+            wrapped, dp_optimizer, dp_loader = engine.make_private(noise_multiplier=noise_multiplier, **common)
     return PrivateTraining(
         net=wrapped,
         optimizer=dp_optimizer,

@@ -10,6 +10,9 @@
   the config's `loss_weight`.
 - Optimisation is manual (`automatic_optimization = False`) so that one path serves plain training and DP-SGD,
   including Poisson-sampled empty batches, for which DP-SGD must still take a noise-only step.
+- A training-side defense (`benchmark.defenses.base.TrainingDefense`) shapes training through hooks: the norm
+  layers, set-up before training, and the loss of each batch (`training_loss`, built from `outputs` and
+  `per_image_loss`).
 - The module records the id of every training image it was fed (`seen_train_ids`), so a test can prove that
   a model's training loader read exactly its member list.
 - Validation dataloaders are named by `eval_names` (e.g. "train", "heldout") and log `miou_<name>` and
@@ -25,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.defenses.base import TrainingDefense
 from benchmark.errors import SegleakError
 from benchmark.metrics.segmentation import confusion_matrix, miou
+from benchmark.data.labels import IGNORE_INDEX
 from benchmark.models.builder import build_segmentor
 
-IGNORE_INDEX = 255
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -57,14 +61,18 @@ class SegmentationNet(nn.Module):
         return list(aux) if isinstance(aux, nn.ModuleList) else [aux]
 
 
-def per_image_ce(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def upsample(logits: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
+    """Logits bilinearly resized to the label map's size (a no-op when they already match)."""
+    if logits.shape[-2:] == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def per_image_ce(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """`[B]` mean CE over each image's labelled pixels (0 for an image without any); logits upsampled to labels."""
-    if logits.shape[-2:] != labels.shape[-2:]:
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    pixel = F.cross_entropy(
-        logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none", label_smoothing=label_smoothing
-    )
-    valid = (labels != IGNORE_INDEX).flatten(1).sum(1)
+    pixel = F.cross_entropy(upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=ignore_index,
+                            reduction="none", label_smoothing=label_smoothing)
+    valid = (labels != ignore_index).flatten(1).sum(1)
     return pixel.flatten(1).sum(1) / valid.clamp(min=1)
 
 
@@ -74,16 +82,15 @@ class SegmentationModule(pl.LightningModule):
     def __init__(
         self,
         arch: str,
+        defense: TrainingDefense,
         *,
-        num_classes: int = 19,
-        norm: str = "BN",
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
         optimizer: str = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         poly_power: float = 0.9,
-        label_smoothing: float = 0.0,
-        mixup_alpha: float = 0.0,
         eval_names: Sequence[str] = ("train", "heldout"),
     ):
         super().__init__()
@@ -91,13 +98,13 @@ class SegmentationModule(pl.LightningModule):
             raise SegleakError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if not lr > 0:
             raise SegleakError(f"learning rate must be > 0, got {lr}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["defense"])
         self.automatic_optimization = False
-        self.net: nn.Module = SegmentationNet(build_segmentor(arch, norm=norm, num_classes=num_classes))
+        self.defense = defense
+        self.net: nn.Module = SegmentationNet(build_segmentor(arch, norm=defense.norm, num_classes=num_classes))
         self.seen_train_ids: set[str] = set()
-        self.index_ids: list[str] | None = None  # ids of the train dataset, for tuple (DP) batches
         self.epoch_losses: list[float] = []
-        self.dp_optimizer: torch.optim.Optimizer | None = None
+        self.private_optimizer: torch.optim.Optimizer | None = None
         self._loss_sum = 0.0
         self._loss_count = 0
         self._confusions: dict[int, Tensor] = {}
@@ -106,12 +113,31 @@ class SegmentationModule(pl.LightningModule):
     @property
     def segmentor(self) -> nn.Module:
         """The mmseg EncoderDecoder, unwrapped from Opacus' GradSampleModule if DP wrapped it."""
-        net = getattr(self.net, "_module", self.net)
-        return net.segmentor
+        return self.plain_net.segmentor
+
+    @property
+    def plain_net(self) -> SegmentationNet:
+        return getattr(self.net, "_module", self.net)
 
     def forward(self, images: Tensor) -> Tensor:
         """Decode-head logits at the model's output resolution (inference: bypasses Opacus' wrapper)."""
-        return getattr(self.net, "_module", self.net)(images)[0]
+        return self.plain_net(images)[0]
+
+    def use_private(self, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Train through Opacus' per-sample-gradient model and noisy optimiser (DP-SGD's set-up)."""
+        self.net, self.private_optimizer = net, optimizer
+
+    # --- losses a defense composes --------------------------------------------------------------------------
+    def outputs(self, images: Tensor) -> list[tuple[float, Tensor]]:
+        """(loss weight, logits) of the decode head and of each auxiliary head (paper configs), training mode."""
+        outs = self.net(images, with_aux=True)
+        weights = [1.0] + [float(getattr(h.loss_decode, "loss_weight", 1.0))
+                           for h in (self.plain_net.auxiliary_heads() if len(outs) > 1 else [])]
+        return list(zip(weights, outs))
+
+    def per_image_loss(self, outputs: list[tuple[float, Tensor]], labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """`[B]` weighted sum over heads of each image's mean pixel cross-entropy."""
+        return sum(w * per_image_ce(logits, labels, label_smoothing, self.hparams.ignore_index) for w, logits in outputs)
 
     # --- optimisation -------------------------------------------------------------------------------------
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -122,7 +148,7 @@ class SegmentationModule(pl.LightningModule):
         return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
     def configure_optimizers(self):
-        optimizer = self.dp_optimizer or self.build_optimizer()
+        optimizer = self.private_optimizer or self.build_optimizer()
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=self.hparams.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -131,32 +157,9 @@ class SegmentationModule(pl.LightningModule):
     def _unpack(self, batch: dict | Sequence[Tensor]) -> tuple[Tensor, Tensor, list[str]]:
         if isinstance(batch, dict):
             return batch["image"], batch["label"], list(batch["id"])
-        images, labels, index = batch
-        if self.index_ids is None:
-            raise SegleakError("tuple batches need `index_ids` (the training dataset's ids) on the module")
-        return images, labels, [self.index_ids[i] for i in index.tolist()]
-
-    def training_loss(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Mean over images of the per-image loss (mix-up mixes the two per-image losses with the images)."""
-        hp = self.hparams
-        partner = None
-        if hp.mixup_alpha > 0 and images.shape[0] > 1:
-            lam = float(torch.distributions.Beta(hp.mixup_alpha, hp.mixup_alpha).sample())
-            partner = torch.randperm(images.shape[0], device=images.device)
-            images = lam * images + (1 - lam) * images[partner]
-        outs = self.net(images, with_aux=True)
-        weights = [1.0] + [float(getattr(h.loss_decode, "loss_weight", 1.0)) for h in self._aux_heads(len(outs))]
-        loss = images.new_zeros(images.shape[0])
-        for w, logits in zip(weights, outs):
-            per_image = per_image_ce(logits, labels, hp.label_smoothing)
-            if partner is not None:
-                per_image = lam * per_image + (1 - lam) * per_image_ce(logits, labels[partner], hp.label_smoothing)
-            loss = loss + w * per_image
-        return loss.mean()
-
-    def _aux_heads(self, n_outputs: int) -> list[nn.Module]:
-        net = getattr(self.net, "_module", self.net)
-        return net.auxiliary_heads() if n_outputs > 1 else []
+        images, labels, index = batch  # DP-SGD's (image, label, index) tuples over the training set
+        ids = self.trainer.datamodule.train_set.ids
+        return images, labels, [ids[i] for i in index.tolist()]
 
     def training_step(self, batch, batch_idx: int) -> None:
         images, labels, ids = self._unpack(batch)
@@ -166,7 +169,7 @@ class SegmentationModule(pl.LightningModule):
             self._noise_only_step(optimizer)
         else:
             self.seen_train_ids.update(ids)
-            loss = self.training_loss(images, labels)
+            loss = self.defense.training_loss(self, images, labels)
             if not torch.isfinite(loss):
                 raise SegleakError(
                     f"{self.hparams.arch}: training loss is {loss.item()} at epoch {self.current_epoch} "
@@ -181,7 +184,7 @@ class SegmentationModule(pl.LightningModule):
 
     def _noise_only_step(self, optimizer) -> None:
         """An empty Poisson batch under DP-SGD: zero per-sample gradients, so the step adds noise only."""
-        if self.dp_optimizer is None:
+        if self.private_optimizer is None:
             return
         for p in self.net.parameters():
             if p.requires_grad:
@@ -196,12 +199,13 @@ class SegmentationModule(pl.LightningModule):
     # --- evaluation ---------------------------------------------------------------------------------------
     def accumulate_eval(self, key: int, logits: Tensor, labels: Tensor) -> None:
         """Add a batch (logits upsampled to the labels) to the confusion matrix and loss sums of loader `key`."""
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        conf = confusion_matrix(logits.argmax(1), labels, self.hparams.num_classes, IGNORE_INDEX).cpu()
+        logits = upsample(logits, labels.shape[-2:])
+        ignore = self.hparams.ignore_index
+        conf = confusion_matrix(logits.argmax(1), labels, self.hparams.num_classes, ignore).cpu()
         self._confusions[key] = self._confusions.get(key, 0) + conf
         loss_sum, count = self._eval_losses.get(key, (0.0, 0))
-        self._eval_losses[key] = (loss_sum + per_image_ce(logits, labels).sum().item(), count + labels.shape[0])
+        loss = per_image_ce(logits, labels, ignore_index=ignore).sum().item()
+        self._eval_losses[key] = (loss_sum + loss, count + labels.shape[0])
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, labels, _ = self._unpack(batch)

@@ -10,33 +10,46 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from benchmark.data.adapters import Sample, get_adapter
-from benchmark.defenses.training import TrainingRecipe, resolve_training_defense
+from benchmark.data.adapters import DatasetAdapter, Sample
+from benchmark.defenses.base import TrainingDefense
 from benchmark.errors import SegleakError
+from benchmark.io import write_atomic
 from benchmark.models import dp
 from benchmark.models.builder import build_segmentor
-from benchmark.models.data import SegmentationDataset, TupleView, collate_samples
-from benchmark.models.lightning_module import SegmentationModule
+from benchmark.models.data import SegmentationDataModule
+from benchmark.models.lightning_module import OPTIMIZERS, SegmentationModule
+from benchmark.params import Param, check_params
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+# The grid's `train` block: every model of a grid trains with these settings.
+TRAIN_PARAMS: dict[str, Param] = {
+    "epochs": Param(int, low=1),
+    "batch_size": Param(int, low=1),
+    "lr": Param(float, low=0.0, low_open=True),
+    "optimizer": Param(str, default="adamw", choices=OPTIMIZERS),
+    "weight_decay": Param(float, default=0.0, low=0.0),
+    "image_size": Param(list, default=None, nullable=True, item=int, length=2, help="(H, W) every image is resized to"),
+    "precision": Param(str, default="32-true", choices=PRECISIONS),
+    "accelerator": Param(str, default="auto", choices=ACCELERATORS),
+    "num_workers": Param(int, default=0, low=0, help="data-loading processes (feed a GPU)"),
+}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One model's training settings (a grid value); `defense` is a training-side defense (benchmark.defenses.training)."""
+    """One model's training settings (the grid's `train` block, validated by `TRAIN_PARAMS`)."""
 
     arch: str
     epochs: int
@@ -46,11 +59,19 @@ class TrainConfig:
     weight_decay: float = 0.0
     image_size: tuple[int, int] | None = None
     seed: int = 0
-    defense: str = "none"
-    defense_params: dict = field(default_factory=dict)
     precision: str = "32-true"
     accelerator: str = "auto"
+    num_workers: int = 0
     num_threads: int | None = 1
+
+    @classmethod
+    def of(cls, arch: str, seed: int, train: dict[str, Any], num_threads: int | None = 1) -> TrainConfig:
+        values = check_params("train", TRAIN_PARAMS, train)
+        if values.get("image_size") is not None:
+            if min(values["image_size"]) < 1:
+                raise SegleakError(f"train.image_size must be positive, got {values['image_size']}")
+            values["image_size"] = tuple(values["image_size"])
+        return cls(arch=arch, seed=seed, num_threads=num_threads, **values)
 
 
 @dataclass
@@ -60,44 +81,17 @@ class TrainResult:
     seen_train_ids: list[str]
 
 
-def _check_config(cfg: TrainConfig) -> TrainingRecipe:
-    for name in ("epochs", "batch_size"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SegleakError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise SegleakError(f"lr must be a positive number, got {cfg.lr!r}")
-    if cfg.precision not in PRECISIONS:
-        raise SegleakError(f"unknown precision {cfg.precision!r}; known: {', '.join(PRECISIONS)}")
-    if cfg.num_threads is not None and cfg.num_threads < 1:
-        raise SegleakError(f"num_threads must be >= 1 or None, got {cfg.num_threads!r}")
-    return resolve_training_defense(
-        cfg.defense, dict(cfg.defense_params), epochs=cfg.epochs, weight_decay=cfg.weight_decay
-    )
-
-
-def select_samples(dataset: str, root: Path, ids: Sequence[str], what: str) -> list[Sample]:
+def select_samples(adapter: DatasetAdapter, root: Path, ids: Sequence[str], what: str) -> list[Sample]:
     """The samples of `ids` in the given order; an id missing from the dataset is an error naming it."""
-    by_id = {s.id: s for s in get_adapter(dataset).list_samples(Path(root))}
+    by_id = {s.id: s for s in adapter.list_samples(Path(root))}
     missing = [i for i in ids if i not in by_id]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise SegleakError(f"{what} id {missing[0]!r}{more} is not in the {dataset} dataset at {root}")
+        raise SegleakError(f"{what} id {missing[0]!r}{more} is not in the {adapter.name} dataset at {root}")
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if list(ids).count(i) > 1)
         raise SegleakError(f"{what} id {dup!r} is listed twice")
     return [by_id[i] for i in ids]
-
-
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _deterministic_flag(accelerator: str) -> bool | str:
@@ -108,23 +102,36 @@ def _deterministic_flag(accelerator: str) -> bool | str:
 
 def train_model(
     cfg: TrainConfig,
-    dataset: str,
+    defense: TrainingDefense,
+    adapter: DatasetAdapter,
     root: Path,
     train_ids: Sequence[str],
     heldout_ids: Sequence[str],
     out_dir: Path,
+    *,
+    reference_ids: Sequence[str] = (),
+    teacher: Path | None = None,
     progress: bool = False,
 ) -> TrainResult:
-    """Train `cfg.arch` on `train_ids` of `dataset` at `root`, evaluate on members and `heldout_ids`, save."""
-    recipe = _check_config(cfg)
+    """Train `cfg.arch` with `defense` on `train_ids` of the dataset at `root`, evaluate on the members and
+    `heldout_ids`, save. `reference_ids` (non-members) and `teacher` (a checkpoint) feed defenses that need them."""
     if not train_ids:
         raise SegleakError("train_ids is empty: a model needs at least one member")
-    overlap = set(train_ids) & set(heldout_ids)
-    if overlap:
-        raise SegleakError(f"id {sorted(overlap)[0]!r} is both a member and held out")
-    adapter = get_adapter(dataset)
-    train_set = SegmentationDataset(adapter, select_samples(dataset, root, train_ids, "train"), cfg.image_size)
-    heldout_set = SegmentationDataset(adapter, select_samples(dataset, root, heldout_ids, "held-out"), cfg.image_size)
+    for other, what in ((heldout_ids, "held out"), (reference_ids, "in the reference set")):
+        overlap = set(train_ids) & set(other)
+        if overlap:
+            raise SegleakError(f"id {sorted(overlap)[0]!r} is both a member and {what}")
+    missing = {"reference_set": not reference_ids, "teacher": teacher is None}
+    for need in defense.needs:
+        if missing[need]:
+            raise SegleakError(f"defense {defense.name!r} needs a {need.replace('_', ' ')}, and none was given")
+    data = SegmentationDataModule(
+        adapter, select_samples(adapter, root, train_ids, "train"),
+        {"train": select_samples(adapter, root, train_ids, "train"),
+         "heldout": select_samples(adapter, root, heldout_ids, "held-out")},
+        batch_size=cfg.batch_size, image_size=cfg.image_size, seed=cfg.seed, num_workers=cfg.num_workers,
+        reference=select_samples(adapter, root, reference_ids, "reference"), teacher=teacher,
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads is not None:
@@ -135,44 +142,15 @@ def train_model(
             logging.getLogger(name).setLevel(logging.WARNING)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    norm = "GN" if recipe.dp else "BN"
+    epochs = defense.epochs(cfg.epochs)
     module = SegmentationModule(
-        cfg.arch,
-        norm=norm,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=recipe.weight_decay,
-        label_smoothing=recipe.label_smoothing,
-        mixup_alpha=recipe.mixup_alpha,
-        eval_names=[name for name, s in (("train", train_set), ("heldout", heldout_set)) if len(s)],
+        cfg.arch, defense, num_classes=adapter.num_classes, ignore_index=adapter.ignore_index,
+        optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=defense.weight_decay(cfg.weight_decay),
+        eval_names=data.eval_names,
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    private = None
-    if recipe.dp:
-        dp.prepare_for_dp(module.net)
-        base_loader = DataLoader(TupleView(train_set), batch_size=cfg.batch_size, generator=generator)
-        private = dp.make_private(module.net, module.build_optimizer(), base_loader, recipe.dp, epochs=recipe.epochs)
-        module.net, module.dp_optimizer = private.net, private.optimizer
-        module.index_ids = train_set.ids
-        train_loader: DataLoader = private.loader
-    else:
-        train_loader = DataLoader(
-            train_set,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=generator,
-            collate_fn=collate_samples,
-            num_workers=0,
-            drop_last=len(train_set) > cfg.batch_size,  # a lone 1-image batch would break BatchNorm
-        )
-    eval_loaders = [
-        DataLoader(s, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples)
-        for s in (train_set, heldout_set)
-        if len(s)
-    ]  # in the order of eval_names
-
+    defense.setup(module, data, epochs)
     trainer = pl.Trainer(
-        max_epochs=recipe.epochs,
+        max_epochs=epochs,
         accelerator=cfg.accelerator,
         devices=1,
         precision=cfg.precision,
@@ -183,39 +161,36 @@ def train_model(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, train_dataloaders=train_loader)
+    trainer.fit(module, datamodule=data)
     if not module.epoch_losses:
-        raise SegleakError(f"{cfg.arch}: no training batch was drawn in {recipe.epochs} epochs")
+        raise SegleakError(f"{cfg.arch}: no training batch was drawn in {epochs} epochs")
 
-    trainer.validate(module, dataloaders=eval_loaders, verbose=False)
+    trainer.validate(module, datamodule=data, verbose=False)
     metrics: dict[str, float] = {
         "miou_train": float("nan"),
         "miou_heldout": float("nan"),
         **module.eval_metrics(),
         "train_loss_first": module.epoch_losses[0],
         "train_loss_last": module.epoch_losses[-1],
-        "n_train": float(len(train_set)),
-        "epochs": float(recipe.epochs),
+        "n_train": float(len(train_ids)),
+        "epochs": float(epochs),
+        **defense.summary(module),
+        "seconds": time.monotonic() - started,
     }
-    if private is not None:
-        metrics["dp_epsilon"] = private.epsilon()
-        metrics["dp_noise_multiplier"] = private.noise_multiplier
-        metrics["dp_delta"] = private.delta
-    metrics["seconds"] = time.monotonic() - started
-
     checkpoint = out_dir / "model.pt"
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in module.segmentor.state_dict().items()},
         "arch": cfg.arch,
-        "norm": norm,
-        "dp": private is not None,  # DP models carry Opacus' layer replacements (DPMultiheadAttention)
-        "num_classes": module.hparams.num_classes,
+        "norm": defense.norm,
+        "dp": module.private_optimizer is not None,  # DP models carry Opacus' layer replacements
+        "num_classes": adapter.num_classes,
         "config": {**asdict(cfg), "image_size": list(cfg.image_size) if cfg.image_size else None},
+        "defense": {"name": defense.name, "params": defense.values},
         "metrics": metrics,
         "train_ids": list(train_ids),
     }
-    _write_atomic(checkpoint, lambda f: torch.save(payload, f))
-    _write_atomic(out_dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    write_atomic(checkpoint, lambda f: torch.save(payload, f))
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return TrainResult(metrics=metrics, checkpoint=checkpoint, seen_train_ids=sorted(module.seen_train_ids))
 
 

@@ -1,0 +1,118 @@
+"""What an attack is: a registered class that reads released outputs, is fitted on the attacker's own data
+(a saved state), and scores a target's query images (higher = more likely a member).
+
+The attacker never sees the victim's membership labels. Everything it chooses (a threshold, the strongest
+attack, tuned hyper-parameters) is chosen on its own data: the fit step holds out a calibration part of the
+shadow's query set (`calibration_fraction`), fits on the rest, and scores the held-out part, so the
+calibration AUC and the operating threshold never come from the images the attack was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from benchmark.errors import SegleakError
+from benchmark.models.release import Released
+from benchmark.params import Param, check_params
+
+
+@dataclass
+class Observed:
+    """A model's released outputs on its query images (through the output defense), as the attacker gets
+    them; `is_member` is known on the attacker's own models only, never on the victim's."""
+
+    released: Released
+    is_member: np.ndarray | None = None
+
+    def subset(self, mask: np.ndarray) -> Observed:
+        ids = [i for i, keep in zip(self.released.ids, mask) if keep]
+        return Observed(self.released.select(ids), None if self.is_member is None else self.is_member[mask])
+
+
+@dataclass
+class AttackerData:
+    """Everything the attacker may use to fit: its shadow model's outputs (with membership), and the extra
+    inputs an attack declares in `needs` (reference models' outputs, population images)."""
+
+    shadow: Observed | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fitted:
+    """A fitted attack's JSON state and its scores on the attacker's held-out calibration images."""
+
+    state: dict[str, Any]
+    calibration_scores: np.ndarray
+    calibration_is_member: np.ndarray
+
+
+def calibration_split(is_member: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded, stratified mask of the images held out for calibration (at least one per class)."""
+    rng = np.random.default_rng([seed, 7])
+    held = np.zeros(len(is_member), bool)
+    for value in (True, False):
+        index = np.flatnonzero(is_member == value)
+        n = min(len(index) - 1, max(1, round(fraction * len(index))))
+        if n < 1:
+            raise SegleakError(f"need at least 2 shadow {'members' if value else 'non-members'} to hold one out "
+                               f"for calibration, got {len(index)}")
+        held[rng.choice(index, n, replace=False)] = True
+    return held
+
+
+class Attack:
+    """A membership inference attack; subclasses declare `name`, `params`, `needs` and implement fit/score."""
+
+    name: ClassVar[str]
+    params: ClassVar[dict[str, Param]] = {}
+    order: ClassVar[int] = 1000  # display order in the report
+    needs: ClassVar[frozenset[str]] = frozenset({"shadow"})  # what the plan provides: shadow, references, ...
+    label_param: ClassVar[str | None] = None  # the parameter shown in the label ("patch/slm")
+    uses_attack_train: ClassVar[bool] = False  # reads the grid's `attack_train` block (training settings)
+
+    def __init__(self, attack_train: dict[str, Any] | None = None, **values: Any) -> None:
+        self.values = check_params(f"attack {self.name!r}", self.params, values)
+        self.attack_train = dict(attack_train or {})
+
+    @property
+    def representation(self) -> str:
+        """What the attack reads, as logged in MLflow's `representation` param."""
+        return str(self.values[self.label_param]) if self.label_param else "statistic"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.representation}" if self.label_param else self.name
+
+    def refusal(self, label_only: bool) -> str | None:
+        """Why this attack cannot score a release (None: it can); a refused cell shows "—", never a 0.5."""
+        return None
+
+    # --- fitting and scoring ----------------------------------------------------------------------------------
+    def fit(self, data: AttackerData, out: Path, seed: int) -> dict[str, Any]:
+        """Fit on the attacker's data; files go to `out`, the returned JSON state is kept with them."""
+        raise NotImplementedError
+
+    def score(self, state: dict[str, Any], fit_dir: Path, target: Observed, seed: int) -> np.ndarray:
+        """Membership scores (higher = member) of the target's query images, in `target.released.ids` order."""
+        raise NotImplementedError
+
+    def threshold(self, state: dict[str, Any]) -> float | None:
+        """The attack's own operating threshold on the score scale (None: best balanced accuracy on calibration)."""
+        return None
+
+    def fit_and_calibrate(self, data: AttackerData, out: Path, seed: int, calibration_fraction: float) -> Fitted:
+        """Fit on the shadow's query set minus a held-out calibration part, then score that part.
+
+        Attacks that calibrate otherwise (on reference models) override this."""
+        if data.shadow is None or data.shadow.is_member is None:
+            raise SegleakError(f"attack {self.name!r} needs the shadow model's outputs with membership")
+        held = calibration_split(data.shadow.is_member, calibration_fraction, seed)
+        fit_data = AttackerData(shadow=data.shadow.subset(~held), extras=data.extras)
+        state = self.fit(fit_data, out, seed)
+        calibration = data.shadow.subset(held)
+        return Fitted(state, self.score(state, out, calibration, seed + 1), calibration.is_member)
