@@ -13,24 +13,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import aggregate
+from analysis.aggregate import AUC_CHANCE, SELECTION_RULE, aggregate
 from analysis.runs import GridRuns, load_runs
 
 MISSING = "—"
 CSV_COLUMNS = (
     "setting", "dataset", "shadow_dataset", "victim_arch", "shadow_arch", "shadow_overlap", "defense",
     "defense_params", "defense_label", "control", "attack", "representation", "attack_label", "strongest",
-    "status", "n_seeds", "seeds", "n_failed", "error", "missing", "placebo_pass",
+    "status", "n_seeds", "seeds", "n_failed", "error", "refused", "missing", "placebo_pass",
 )
 CSV_METRICS = (
-    "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy",
-    "precision", "recall", "victim_miou", "dp_epsilon", "n_members", "n_nonmembers",
+    "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",
+    "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high", "balanced_accuracy",
+    "precision", "recall", "victim_miou", "dp_epsilon", "dp_delta", "calibration_auc", "n_members",
+    "n_nonmembers", "n_groups", "n_excluded",
 )
 NO_CELLS = "This invocation has no attack cells yet."
 LEGEND = (
     "Each cell: the strongest attack (bold), its ROC-AUC as mean ± std over seeds with the mean bootstrap "
-    "interval in brackets, TPR at 1% FPR, and the victim's held-out mIoU. "
-    f"{MISSING} = not in the grid or not resolvable by the data; failed = every seed of every attack failed."
+    "interval in brackets (over groups of images where they share one), TPR at 1% FPR with its Clopper-Pearson "
+    "interval, the victim's held-out mIoU, and the number of members / non-members scored (images the "
+    f"attacker trained on are never scored). The {SELECTION_RULE}. {MISSING} = not in the grid, not resolvable "
+    "by the data, or refused by the attack (hover for why); failed = every seed of every attack failed."
 )
 
 
@@ -51,12 +55,17 @@ class Section:
     heading: str
     header: list[str]
     rows: list[list[Cell]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _num(mean: float, std: float = math.nan) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return MISSING
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def _count(value: float) -> str:
+    return MISSING if value is None or math.isnan(value) else f"{value:.0f}"
 
 
 def _auc(row: pd.Series) -> str:
@@ -69,21 +78,27 @@ def _score_cell(group: pd.DataFrame) -> Cell:
     if group.empty:
         return Cell([MISSING], state="missing", title="not in this grid")
     best = group[group["strongest"]]
+    if best.empty and (group["status"] == "refused").all():
+        return Cell([MISSING], state="missing", title="refused: " + "; ".join(dict.fromkeys(group["refused"])))
     if best.empty:
         failed = (group["status"] == "failed").any()
         errors = "; ".join(dict.fromkeys(e for error in group["error"] for e in error.split("; ") if e))
         return Cell(["failed" if failed else "unfinished"], state="failed", title=errors or "no finished run")
     row = best.iloc[0]
+    tpr = _num(row["tpr_at_1pct_fpr_mean"], row["tpr_at_1pct_fpr_std"])
+    if tpr != MISSING and not math.isnan(row["tpr_at_1pct_fpr_ci_low_mean"]):
+        tpr += f" [{row['tpr_at_1pct_fpr_ci_low_mean']:.3f}, {row['tpr_at_1pct_fpr_ci_high_mean']:.3f}]"
     lines = [
         _auc(row),
-        f"TPR@1%FPR {_num(row['tpr_at_1pct_fpr_mean'], row['tpr_at_1pct_fpr_std'])}",
+        f"TPR@1%FPR {tpr}",
         f"mIoU {_num(row['victim_miou_mean'], row['victim_miou_std'])}",
+        f"n = {_count(row['n_members_mean'])} / {_count(row['n_nonmembers_mean'])}",
     ]
     n_failed = int(group["n_failed"].sum())
     if n_failed:
         lines.append(f"{n_failed} run{'s' if n_failed > 1 else ''} failed")
-    others = [f"{r.attack_label}: AUC {_num(r.auc_mean)}" if r.status == "ok" else f"{r.attack_label}: {r.status}"
-              for r in group.itertuples() if not r.strongest]
+    others = [f"{r.attack_label}: AUC {_num(r.auc_mean)} (calibration {_num(r.calibration_auc_mean)})"
+              if r.status == "ok" else f"{r.attack_label}: {r.status}" for r in group.itertuples() if not r.strongest]
     notes = [n for n in (*others, *group["missing"], *group["error"]) if n]
     return Cell(lines, strong=str(row["attack_label"]), title="; ".join(dict.fromkeys(notes)))
 
@@ -149,13 +164,35 @@ def _victims_section(models: pd.DataFrame) -> Section:
     return section
 
 
-def build_sections(table: pd.DataFrame, models: pd.DataFrame) -> list[Section]:
-    """Score tables per dataset setting, each followed by its placebo controls; then the victim models."""
+def _interval(row: pd.Series, prefix: str) -> str:
+    return (f"{row[f'{prefix}_auc']:.3f} [{row[f'{prefix}_auc_ci_low']:.3f}, {row[f'{prefix}_auc_ci_high']:.3f}]"
+            if not math.isnan(row[f"{prefix}_auc"]) else MISSING)
+
+
+def blind_notes(blind: pd.DataFrame, setting_key: tuple) -> list[str]:
+    """The setting's blind baseline and shift test (one line per seed), flagged when an interval excludes 0.5."""
+    setting, dataset, shadow = setting_key
+    rows = blind[(blind["setting"] == setting) & (blind["dataset"] == dataset) & (blind["shadow_dataset"] == shadow)]
+    notes = []
+    for _, row in rows.sort_values("seed").iterrows():
+        flag = ("FLAGGED: members and non-members differ without any model; attack AUCs here mix membership "
+                "with that shift" if row["flagged"] else f"both intervals contain {AUC_CHANCE}")
+        notes.append(f"Blind baseline (seed {row['seed']}, no model queried): shadow-fitted AUC "
+                     f"{_interval(row, 'blind')}; cross-fitted shift test AUC {_interval(row, 'shift')}; "
+                     f"{_count(row['n_groups'])} groups. {flag}.")
+    return notes
+
+
+def build_sections(table: pd.DataFrame, models: pd.DataFrame, blind: pd.DataFrame | None = None) -> list[Section]:
+    """Score tables per dataset setting (with its blind baseline), each followed by its placebo controls; then
+    the victim models."""
     sections = []
     for setting_key, frame in table.groupby(["setting", "dataset", "shadow_dataset"], sort=True):
         scored = frame[frame["control"] == "none"]
         if not scored.empty:
-            sections.append(_score_section(setting_key, scored))
+            section = _score_section(setting_key, scored)
+            section.notes = blind_notes(blind, setting_key) if blind is not None and not blind.empty else []
+            sections.append(section)
         placebo = frame[frame["control"] != "none"]
         if not placebo.empty:
             sections.append(_placebo_section(setting_key, placebo))
@@ -176,8 +213,8 @@ def to_markdown(sections: list[Section], runs: GridRuns) -> str:
     if not sections:
         out += [NO_CELLS, ""]
     for section in sections:
-        out += [f"## {section.heading}", "", "| " + " | ".join(section.header) + " |",
-                "|" + "---|" * len(section.header)]
+        out += [f"## {section.heading}", ""] + [f"> {note}" for note in section.notes] + (["" ] if section.notes else [])
+        out += ["| " + " | ".join(section.header) + " |", "|" + "---|" * len(section.header)]
         out += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in section.rows]
         out.append("")
     return "\n".join(out)
@@ -212,7 +249,9 @@ def to_html(sections: list[Section], runs: GridRuns) -> str:
     if not sections:
         parts.append(f"<p>{NO_CELLS}</p>")
     for section in sections:
-        parts.append(f"<h2>{html.escape(section.heading)}</h2><table><thead><tr>")
+        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+        parts += [f'<p class="note">{html.escape(note)}</p>' for note in section.notes]
+        parts.append("<table><thead><tr>")
         parts += [f"<th>{html.escape(h)}</th>" for h in section.header]
         parts.append("</tr></thead><tbody>")
         parts += ["<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in section.rows]
@@ -231,7 +270,7 @@ def write_leaderboard(tracking_uri: str, experiment: str | None, out: Path, pare
     """Write leaderboard.{csv,md,html} for an invocation (default: the experiment's latest) into `out`."""
     runs = load_runs(tracking_uri, experiment, parent_run_id)
     table = aggregate(runs.cells)
-    sections = build_sections(table, runs.models)
+    sections = build_sections(table, runs.models, runs.blind)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.html"]
     to_csv(table).to_csv(paths[0], index=False)

@@ -18,26 +18,12 @@ import pandas as pd
 from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
+from analysis.schema import (
+    BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS, CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
+    MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG,
+)
 from benchmark.errors import SegleakError
 
-KIND_TAG = "segleak.kind"
-PARENT_TAG = "mlflow.parentRunId"
-MISSING_PREFIX = "segleak.missing."
-CELL_METRICS = (
-    "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy",
-    "precision", "recall", "victim_miou", "n_members", "n_nonmembers", "dp_epsilon",
-)
-CELL_PARAMS = (
-    "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",
-    "attack", "representation", "seed", "control",
-)
-MODEL_PARAMS = ("dataset", "arch", "role", "train_defense", "overlap", "seed", "n_train")
-MODEL_METRICS = ("miou_train", "miou_heldout", "dp_epsilon")
-# Output-side defenses first, then training-side ones: the order a reader expects the columns in.
-DEFENSE_ORDER = (
-    "none", "argmax", "gaussian", "temperature", "topk",
-    "dp_sgd", "label_smoothing", "mixup", "weight_decay", "early_stopping",
-)
 _SYMBOLS = {"sigma": "σ", "epsilon": "ε", "target_epsilon": "ε"}
 
 
@@ -50,6 +36,7 @@ class GridRuns:
     parent_run_id: str
     cells: pd.DataFrame
     models: pd.DataFrame
+    blind: pd.DataFrame
 
 
 def _kind_filter(kind: str) -> str:
@@ -64,14 +51,14 @@ def _resolve_experiment(client: MlflowClient, tracking_uri: str, name: str | Non
             raise SegleakError(f"no MLflow experiment named {name!r} in {tracking_uri}")
         return experiment
     for experiment in client.search_experiments(order_by=["creation_time DESC"]):
-        if client.search_runs([experiment.experiment_id], _kind_filter("invocation"), max_results=1):
+        if client.search_runs([experiment.experiment_id], _kind_filter(INVOCATION), max_results=1):
             return experiment
     raise SegleakError(f"no segleak benchmark runs in {tracking_uri}: run `segleak benchmark` first")
 
 
 def _latest_invocation(client: MlflowClient, tracking_uri: str, experiment: Experiment) -> str:
     runs = client.search_runs(
-        [experiment.experiment_id], _kind_filter("invocation"), max_results=1, order_by=["attributes.start_time DESC"]
+        [experiment.experiment_id], _kind_filter(INVOCATION), max_results=1, order_by=["attributes.start_time DESC"]
     )
     if not runs:
         raise SegleakError(f"experiment {experiment.name!r} in {tracking_uri} has no segleak invocation run")
@@ -128,8 +115,11 @@ def defense_label(defense: str, params: dict[str, object]) -> str:
 
 
 def defense_sort_key(defense: str, params: dict[str, object]) -> tuple:
-    """Known defenses in DEFENSE_ORDER, unknown ones after; parameter values ascending within one."""
-    rank = DEFENSE_ORDER.index(defense) if defense in DEFENSE_ORDER else len(DEFENSE_ORDER)
+    """Registered defenses in their declared order (output side first), unknown ones after; parameter values
+    ascending within one."""
+    from benchmark.registry import DEFENSES
+
+    rank = DEFENSES.lookup(defense).order if defense in DEFENSES.names() else 10**6
     values = tuple((0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)) for _, v in sorted(params.items()))
     return rank, defense, values
 
@@ -168,8 +158,9 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
     out["shadow_overlap"] = out["shadow_overlap"].map(_float)
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
     same = out["shadow_dataset"] == out["dataset"]
-    out["setting"] = _column(frame, "tags.segleak.setting").fillna(same.map({True: "dependent", False: "independent"}))
-    out["error"] = _column(frame, "tags.segleak.error")
+    out["setting"] = _column(frame, f"tags.{SETTING_TAG}").fillna(same.map({True: "dependent", False: "independent"}))
+    out["error"] = _column(frame, f"tags.{ERROR_TAG}")
+    out["refused"] = _column(frame, f"tags.{REFUSED_TAG}")
     missing_cols = [c for c in frame.columns if c.startswith(f"tags.{MISSING_PREFIX}")]
     out["missing"] = [
         "; ".join(f"{c.removeprefix('tags.' + MISSING_PREFIX)}: {row[c]}" for c in missing_cols if isinstance(row[c], str))
@@ -178,10 +169,9 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
     params = out["defense_params"].map(parse_params)
     out["defense_label"] = [defense_label(d, p) for d, p in zip(out["defense"], params)]
     out["defense_key"] = [defense_sort_key(d, p) for d, p in zip(out["defense"], params)]
-    out["attack_label"] = [
-        a if r in (None, "statistic") or not isinstance(r, str) else f"{a}/{r}"
-        for a, r in zip(out["attack"], out["representation"])
-    ]
+    fallback = [a if r in (None, "statistic") or not isinstance(r, str) else f"{a}/{r}"
+                for a, r in zip(out["attack"], out["representation"])]
+    out["attack_label"] = out["attack_label"].where(out["attack_label"].notna(), pd.Series(fallback, index=out.index))
     out["artifact_uri"] = frame["artifact_uri"]
     return out.reset_index(drop=True)
 
@@ -189,8 +179,14 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
 def _models(frame: pd.DataFrame) -> pd.DataFrame:
     out = _typed(frame, MODEL_PARAMS, MODEL_METRICS)
     # which split trained the model: the dependent or independent setting, and whether it is a placebo victim
-    setting = _column(frame, "tags.segleak.setting").fillna("—")
-    out["split"] = setting.where(_column(frame, "tags.segleak.placebo").ne("true"), setting + ", placebo")
+    setting = _column(frame, f"tags.{SETTING_TAG}").fillna("—")
+    out["split"] = setting.where(_column(frame, f"tags.{PLACEBO_TAG}").ne("true"), setting + ", placebo")
+    return out.reset_index(drop=True)
+
+
+def _blind(frame: pd.DataFrame) -> pd.DataFrame:
+    out = _typed(frame, BLIND_PARAMS, BLIND_METRICS)
+    out["flagged"] = _column(frame, "tags.segleak.flagged").eq("true")
     return out.reset_index(drop=True)
 
 
@@ -208,8 +204,9 @@ def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | No
         tracking_uri=tracking_uri,
         experiment=resolved.name,
         parent_run_id=parent,
-        cells=_cells(frame[kind == "attack"]),
-        models=_models(frame[kind == "model"]),
+        cells=_cells(frame[kind == CELL]),
+        models=_models(frame[kind == MODEL]),
+        blind=_blind(frame[kind == BLIND]),
     )
 
 

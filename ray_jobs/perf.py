@@ -228,6 +228,7 @@ def lightning_steps(arch: str, data: RandomScenes, batch: int, lr: float) -> tup
     """segleak's Lightning path (SegmentationModule + a Trainer set up as train_model does): step times, set-up."""
     import pytorch_lightning as pl
 
+    from benchmark.defenses import build_defense
     from benchmark.models.lightning_module import SegmentationModule
 
     stamps: list[float] = []
@@ -238,7 +239,8 @@ def lightning_steps(arch: str, data: RandomScenes, batch: int, lr: float) -> tup
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)  # banner lines
     torch.manual_seed(0)
-    module = SegmentationModule(arch, optimizer="adamw", lr=lr, eval_names=())
+    module = SegmentationModule(arch, build_defense("none"), num_classes=NUM_CLASSES, optimizer="adamw", lr=lr,
+                                eval_names=())
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, precision="32-true", deterministic=True,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Stamp()])
@@ -303,32 +305,28 @@ def bench_training(sizes: Sizes, arch: str = "pspnet_tiny", lr: float = 3e-3) ->
             "lightning_setup_s": statistics.median(setup)}
 
 
-def _dp_params():
-    from benchmark.defenses.training import resolve_training_defense
-
-    return resolve_training_defense("dp_sgd", {"noise_multiplier": 1.0, "max_grad_norm": 1.0},
-                                    epochs=1, weight_decay=0.0).dp
-
-
 def make_stepper(private: bool, arch: str, data: RandomScenes, batch: int) -> Callable[[], None]:
     """One training step of the GN model of `arch` (as train_model builds it for DP), private or not."""
+    from benchmark.defenses import build_defense
     from benchmark.models import dp
     from benchmark.models.lightning_module import SegmentationModule
 
     torch.manual_seed(0)
-    module = SegmentationModule(arch, norm="GN", optimizer="adamw", lr=1e-3, eval_names=())
+    defense = build_defense("dp_sgd", {"noise_multiplier": 1.0, "max_grad_norm": 1.0})  # the GN model
+    module = SegmentationModule(arch, defense, num_classes=NUM_CLASSES, optimizer="adamw", lr=1e-3, eval_names=())
     if private:
         dp.prepare_for_dp(module.net)  # before the optimiser: it may replace parameters
     optimizer = module.build_optimizer()
     if private:
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.images, data.labels), batch_size=batch)
-        wrapped = dp.make_private(module.net, optimizer, loader, _dp_params(), epochs=1)
+        wrapped = dp.make_private(module.net, optimizer, loader, max_grad_norm=1.0, noise_multiplier=1.0,
+                                  delta=1e-5, epochs=1)
         module.net, optimizer = wrapped.net, wrapped.optimizer
     images, labels = data.images[:batch], data.labels[:batch]
 
     def step() -> None:
         optimizer.zero_grad()
-        module.training_loss(images, labels).backward()
+        module.per_image_loss(module.outputs(images), labels).mean().backward()
         optimizer.step()
 
     return step
@@ -410,22 +408,22 @@ PAPER_SIZES = {"cityscapes": (2975, 500), "bdd100k": (7000, 1000), "mapillary": 
 
 def fake_sources(grid: Any) -> dict[str, Any]:
     """Id lists of the right sizes (the synthetic profile's, or the real datasets' for real roots)."""
+    from benchmark.data.splits import ImageIndex
     from ray_jobs.plan import DataSource
-    from ray_jobs.runner import SYNTHETIC_DEFAULTS
 
-    synth = {**SYNTHETIC_DEFAULTS, **grid.synthetic}
     sources = {}
     for name, entry in grid.datasets.items():
-        n_train, n_val = (synth["n_train"], synth["n_val"]) if entry["root"] == "synthetic" else PAPER_SIZES[name]
-        ids = tuple(f"train/{name}_{i:05d}" for i in range(n_train)) + tuple(f"val/{name}_{i:05d}" for i in range(n_val))
-        sources[name] = DataSource(name, f"/data/{name}", ids, ids[n_train:])
+        n_train, n_val = (grid.synthetic["n_train"], grid.synthetic["n_val"]) if entry.synthetic else PAPER_SIZES[name]
+        index = ImageIndex(name, {"train": tuple(f"train/{name}_{i:05d}" for i in range(n_train)),
+                                  "val": tuple(f"val/{name}_{i:05d}" for i in range(n_val))})
+        sources[name] = DataSource(name, entry.spec, f"/data/{name}", index)
     return sources
 
 
 def bench_planning(profile: str) -> dict[str, Any]:
     """Units the plan shares between cells vs the naive grid (each cell trains its own victim and shadow)."""
     from ray_jobs.plan import build_plan
-    from ray_jobs.runner import make_manifests
+    from ray_jobs.sources import make_manifests
     from ray_jobs.spec import load_grid
 
     grid = load_grid(profile)
@@ -442,7 +440,7 @@ def bench_planning(profile: str) -> dict[str, Any]:
         plan = build_plan(grid, sources, manifests)
     counts = plan.counts()
     return {"cells": counts["cell"], "models": counts["model"], "releases": counts["release"],
-            "attack_models": counts["attack"], "naive_models": counts["naive_models"],
+            "attack_models": counts["fit"], "naive_models": counts["naive_models"],
             "naive_attack_models": counts["cell"], "plan_seconds": time.perf_counter() - started, "error": error}
 
 
@@ -481,7 +479,7 @@ def top_entries(profile: cProfile.Profile, n: int = 8, ours: bool = True) -> lis
 def replay_units(results: Path, scratch: Path) -> tuple[dict[str, float], cProfile.Profile]:
     """Re-run the smoke plan's units one by one in this process, into a fresh store, under cProfile."""
     from ray_jobs.plan import build_plan
-    from ray_jobs.runner import make_manifests, prepare_sources
+    from ray_jobs.sources import make_manifests, prepare_sources
     from ray_jobs.spec import load_grid
     from ray_jobs.units import execute
 
@@ -494,7 +492,7 @@ def replay_units(results: Path, scratch: Path) -> tuple[dict[str, float], cProfi
         for unit in plan.topological():
             started = time.perf_counter()
             profile.enable()
-            execute(unit.kind, unit.key, unit.config, str(scratch), 1)
+            execute(unit.kind, unit.key, unit.config_dict, str(scratch), 1)
             profile.disable()
             seconds[unit.kind] = seconds.get(unit.kind, 0.0) + time.perf_counter() - started
     return seconds, profile
@@ -530,22 +528,22 @@ def make_release(path: Path, n: int = 4, hw: tuple[int, int] = (8, 16)) -> Path:
     gen = torch.Generator().manual_seed(0)
     logits = torch.nn.functional.interpolate(torch.randn(n, NUM_CLASSES, hw[0] // 4, hw[1] // 4, generator=gen) * 4,
                                              size=hw, mode="bilinear", align_corners=False)
-    probs = torch.softmax(logits, 1).half()
-    save_released(Released([f"img{i}" for i in range(n)], probs, probs.argmax(1).to(torch.uint8)), path)
+    log_probs = torch.log_softmax(logits, 1)
+    save_released(Released([f"img{i}" for i in range(n)], log_probs.half(), log_probs.argmax(1).to(torch.uint8)), path)
     return path
 
 
 def bench_release(paths: list[Path]) -> dict[str, Any]:
-    """Bytes per image on disk (float16 compressed npz, ids and labels included) vs raw float32 posteriors."""
+    """Bytes per image on disk (float16 log-posteriors in a compressed npz, ids and labels included) vs raw float32."""
     from benchmark.models.release import load_released
 
     stored = raw = images = 0
     for path in paths:
         released = load_released(path)
         stored += path.stat().st_size
-        raw += released.probs.numel() * 4
+        raw += released.log_probs.numel() * 4
         images += len(released.ids)
-    shape = list(load_released(paths[0]).probs.shape[1:])
+    shape = list(load_released(paths[0]).log_probs.shape[1:])
     return {"files": len(paths), "images": images, "map_shape": shape, "stored_bytes_per_image": stored / images,
             "raw_float32_bytes_per_image": raw / images, "compression": raw / stored}
 

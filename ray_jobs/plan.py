@@ -1,33 +1,38 @@
 """The plan: a grid expanded into the unique work units it needs, each keyed by a hash of its inputs.
 
-Four kinds of unit form a DAG: `model` (train one segmentation model) -> `release` (its outputs on a query
-set) -> `attack` (an attack fitted on a shadow's released outputs) -> `cell` (that attack scored on a
-victim's released outputs = one leaderboard entry). A unit's key hashes its resolved config, which holds
-the keys of the units it reads, so two grid cells that need the same model get the same key and the model
-is trained once. Display and logging metadata (`meta`) is kept out of the key.
+Units form a DAG: `model` (train one segmentation model) -> `release` (its outputs on a query set) -> `fit`
+(an attack fitted on the attacker's data) -> `cell` (that attack scored on a victim's released outputs = one
+leaderboard entry); `blind` (a setting's blind baseline) reads the data alone. A unit's key hashes its typed
+config, which holds the keys of the units it reads, so two grid cells that need the same model get the same
+key and the model is trained once. Display and logging metadata (`meta`) is kept out of the key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from benchmark.data.splits import Manifest
-from benchmark.data.synth import ensure_synthetic_dataset
-from ray_jobs.spec import AttackSetting, DefenseSetting, Grid, Setting
+from benchmark.data.splits import ImageIndex, Manifest
+from benchmark.data.synth import SynthSpec, ensure_synthetic_dataset
+from ray_jobs.spec import NO_DEFENSE, AttackSetting, DefenseSetting, Grid, Setting
+from ray_jobs.units.blind import BlindConfig, BlindMeta
+from ray_jobs.units.cell import CellConfig, CellMeta
+from ray_jobs.units.fit import FitConfig
+from ray_jobs.units.model import ModelConfig, ModelMeta
+from ray_jobs.units.release import ReleaseConfig
 
-PLAN_VERSION = 1
-KINDS = ("model", "release", "attack", "cell")
-NO_DEFENSE = DefenseSetting("none")
+PLAN_VERSION = 2
+SYNTHETIC = "synthetic"
 
 
-def unit_key(kind: str, config: dict[str, Any]) -> str:
+def unit_key(kind: str, config: Any) -> str:
     """A short, stable content hash: same kind and resolved config -> same key, on any machine."""
-    blob = json.dumps({"kind": kind, "version": PLAN_VERSION, "config": config}, sort_keys=True, default=str)
+    payload = asdict(config) if hasattr(config, "__dataclass_fields__") else config
+    blob = json.dumps({"kind": kind, "version": PLAN_VERSION, "config": payload}, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -35,30 +40,31 @@ def unit_key(kind: str, config: dict[str, Any]) -> str:
 class Unit:
     kind: str
     key: str
-    config: dict[str, Any]
+    config: Any  # the kind's typed config (a frozen dataclass)
     deps: tuple[str, ...]
     label: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Any = None  # the kind's typed display metadata, kept out of the key
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSource:
-    """Where a dataset's files are: a real root (a POSIX path on every node), or a `synthetic://` URI."""
+    """A grid dataset: its adapter spec, its root (a POSIX path on every node, or a `synthetic://` URI) and
+    its image ids by split with their groups."""
 
-    dataset: str
+    name: str
+    spec: dict[str, Any]
     root: str
-    ids: tuple[str, ...]
-    val_ids: tuple[str, ...]
+    index: ImageIndex
 
 
-SYNTHETIC = "synthetic"
-
-
-def synthetic_root(dataset: str, n_train: int, n_val: int, size: tuple[int, int] | list[int], seed: int) -> str:
+def synthetic_root(spec: SynthSpec) -> str:
     """The root of a synthetic dataset as a URI naming its parameters, not a machine's folder: the data is
     deterministic, so each node regenerates the same bytes and nothing has to be shipped or shared."""
-    query = urlencode({"n_train": n_train, "n_val": n_val, "size": f"{size[0]}x{size[1]}", "seed": seed})
-    return f"{SYNTHETIC}://{dataset}?{query}"
+    return f"{SYNTHETIC}://{spec.dataset['type']}?{urlencode({'spec': json.dumps(spec.to_json(), sort_keys=True)})}"
 
 
 def local_data_root(root: str, data_dir: Path) -> Path:
@@ -66,13 +72,10 @@ def local_data_root(root: str, data_dir: Path) -> Path:
     parts = urlsplit(root)
     if parts.scheme != SYNTHETIC:
         return Path(root)
-    query = dict(parse_qsl(parts.query))
-    height, width = (int(v) for v in query["size"].split("x"))
-    synth = {"n_train": int(query["n_train"]), "n_val": int(query["n_val"]), "size": [height, width],
-             "seed": int(query["seed"])}
-    digest = hashlib.sha256(json.dumps(synth, sort_keys=True).encode()).hexdigest()[:10]
-    return ensure_synthetic_dataset(parts.netloc, data_dir / f"synthetic-{parts.netloc}-{digest}",
-                                    synth["n_train"], synth["n_val"], (height, width), synth["seed"])
+    values = json.loads(dict(parse_qsl(parts.query))["spec"])
+    spec = SynthSpec.of(values.pop("dataset"), **values)
+    digest = hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True).encode()).hexdigest()[:10]
+    return ensure_synthetic_dataset(spec, data_dir / f"synthetic-{parts.netloc}-{digest}")
 
 
 @dataclass
@@ -89,17 +92,32 @@ class Plan:
 
     def counts(self) -> dict[str, int]:
         """Unique units per kind next to the naive count (every cell trains its own victim and shadow)."""
-        counts = {kind: len(self.of_kind(kind)) for kind in KINDS}
+        counts: dict[str, int] = {}
+        for unit in self.units.values():
+            counts[unit.kind] = counts.get(unit.kind, 0) + 1
         counts["naive_models"] = 2 * self.n_cells_requested
         return counts
 
     def topological(self) -> list[Unit]:
-        order = {kind: i for i, kind in enumerate(KINDS)}
-        return sorted(self.units.values(), key=lambda u: (order[u.kind], u.key))
-
-
-def _defense_json(defense: DefenseSetting) -> dict[str, Any]:
-    return {"name": defense.name, "params": defense.params_dict}
+        """Units ordered so that every unit comes after the units it reads."""
+        order: list[Unit] = []
+        state: dict[str, int] = {}
+        for root in sorted(self.units):
+            stack = [(root, iter(self.units[root].deps))]
+            if state.get(root):
+                continue
+            state[root] = 1
+            while stack:
+                key, deps = stack[-1]
+                dep = next(deps, None)
+                if dep is None:
+                    stack.pop()
+                    state[key] = 2
+                    order.append(self.units[key])
+                elif not state.get(dep):
+                    state[dep] = 1
+                    stack.append((dep, iter(self.units[dep].deps)))
+        return order
 
 
 class _Builder:
@@ -108,95 +126,102 @@ class _Builder:
     def __init__(self, grid: Grid, plan: Plan, sources: dict[str, DataSource]) -> None:
         self.grid, self.plan, self.sources = grid, plan, sources
 
-    def model(self, source: DataSource, manifest: Manifest, role: str, arch: str, defense: DefenseSetting, seed: int) -> str:
+    def model(self, source: DataSource, manifest: Manifest, role: str, arch: str, defense: DefenseSetting,
+              seed: int) -> str:
         split = getattr(manifest, role)
-        config = {
-            "dataset": source.dataset,
-            "root": source.root,
-            "arch": arch,
-            "train_ids": sorted(split.train),
-            "heldout_ids": sorted(split.nonmembers),
-            "train": dict(self.grid.train),
-            "defense": _defense_json(defense),
+        needs = defense.defense.needs
+        teacher = self.model(source, manifest, role, arch, NO_DEFENSE, seed) if "teacher" in needs else None
+        config = ModelConfig(
+            dataset=source.spec, root=source.root, arch=arch, train_ids=sorted(split.train),
+            heldout_ids=sorted(split.nonmembers), train=dict(self.grid.train), defense=defense.to_json(),
             # a different seed per role keeps a shadow that happens to share data from being the victim
-            "seed": seed if role == "victim" else seed + 10_000,
-        }
-        meta = {
-            "dataset": source.dataset, "arch": arch, "role": role, "train_defense": defense.label,
-            "overlap": manifest.overlap if role == "shadow" and manifest.setting == "dependent" else "n/a",
-            "seed": seed, "n_train": len(split.train), "placebo": manifest.placebo and role == "victim",
-            "setting": manifest.setting,
-            "dp": defense.name == "dp_sgd",
-        }
-        label = f"{role} {arch} on {source.dataset} ({defense.label}{', placebo' if meta['placebo'] else ''})"
-        return self.plan.add(Unit("model", unit_key("model", config), config, (), label, meta))
+            seed=seed if role == "victim" else seed + 10_000,
+            reference_ids=sorted(manifest.pool(f"{role}_reference")) if "reference_set" in needs else [],
+            teacher=teacher,
+        )
+        placebo = manifest.placebo and role == "victim"
+        meta = ModelMeta(
+            dataset=source.name, arch=arch, role=role, train_defense=defense.label,
+            overlap=manifest.overlap if role == "shadow" and manifest.setting == "dependent" else "n/a",
+            seed=seed, n_train=len(split.train), placebo=placebo, setting=manifest.setting,
+        )
+        label = f"{role} {arch} on {source.name} ({defense.label}{', placebo' if placebo else ''})"
+        return self.plan.add(Unit("model", unit_key("model", config), config, (teacher,) if teacher else (), label, meta))
 
     def release(self, model_key: str, source: DataSource, manifest: Manifest, role: str) -> str:
         split = getattr(manifest, role)
-        config = {
-            "model": model_key,
-            "dataset": source.dataset,
-            "root": source.root,
-            "members": sorted(split.members),
-            "nonmembers": sorted(split.nonmembers),
-            "image_size": self.grid.train.get("image_size"),
-            "release": dict(self.grid.release),
-        }
+        config = ReleaseConfig(
+            model=model_key, dataset=source.spec, root=source.root, members=sorted(split.members),
+            nonmembers=sorted(split.nonmembers), image_size=self.grid.train.get("image_size"),
+            release=dict(self.grid.release),
+        )
         label = f"outputs of {self.plan.units[model_key].label}"
         return self.plan.add(Unit("release", unit_key("release", config), config, (model_key,), label))
 
-    def attack(self, shadow_release: str, attack: AttackSetting, defense: DefenseSetting, seed: int) -> str:
-        config = {
-            "release": shadow_release,
-            "attack": attack.name,
-            "representation": attack.representation,
-            "output_defense": _defense_json(defense),
-            "attack_train": dict(self.grid.attack_train) if attack.name == "patch" else {},
-            "seed": seed,
-        }
-        label = f"{attack.name}/{attack.representation} on shadow outputs ({defense.label})"
-        return self.plan.add(Unit("attack", unit_key("attack", config), config, (shadow_release,), label))
-
-    def cell(self, attack_key: str, victim_release: str, defense: DefenseSetting, meta: dict[str, Any]) -> str:
-        config = {
-            "attack": attack_key,
-            "release": victim_release,
-            "output_defense": _defense_json(defense if defense.output_side else NO_DEFENSE),
-            "seed": meta["seed"],
-        }
-        label = (
-            f"{meta['attack']}/{meta['representation']} vs {meta['victim_arch']} on {meta['dataset']} "
-            f"[{meta['setting']}, overlap {meta['shadow_overlap']}, {meta['defense_label']}"
-            f"{', placebo' if meta['control'] == 'placebo' else ''}]"
+    def fit(self, shadow_release: str, attack: AttackSetting, defense: DefenseSetting, seed: int) -> str:
+        config = FitConfig(
+            release=shadow_release, attack=attack.to_json(), output_defense=defense.to_json(),
+            attack_train=dict(self.grid.attack_train) if attack.attack.uses_attack_train else {},
+            calibration_fraction=self.grid.calibration_fraction, seed=seed,
         )
-        return self.plan.add(Unit("cell", unit_key("cell", config), config, (attack_key, victim_release), label, meta))
+        label = f"{attack.label} fitted on shadow outputs ({defense.label})"
+        return self.plan.add(Unit("fit", unit_key("fit", config), config, (shadow_release,), label))
 
-    def slice(self, setting: Setting, manifest: Manifest, seed: int, defenses: Iterable[DefenseSetting], control: str) -> None:
+    def cell(self, fit_key: str, victim_release: str, victim_model: str, defense: DefenseSetting,
+             manifest: Manifest, source: DataSource, meta: CellMeta) -> str:
+        members, nonmembers = manifest.scored()
+        config = CellConfig(
+            fit=fit_key, release=victim_release, victim_model=victim_model, dataset=source.spec,
+            output_defense=(defense if defense.output_side else NO_DEFENSE).to_json(),
+            scored_ids=sorted(members + nonmembers), seed=meta.seed,
+        )
+        label = (f"{meta.attack_label} vs {meta.victim_arch} on {meta.dataset} [{meta.setting}, overlap "
+                 f"{meta.shadow_overlap}, {meta.defense_label}{', placebo' if meta.control == 'placebo' else ''}]")
+        return self.plan.add(Unit("cell", unit_key("cell", config), config, (fit_key, victim_release, victim_model),
+                                  label, meta))
+
+    def blind(self, setting: Setting, manifest: Manifest, seed: int) -> str:
+        victim, shadow = self.sources[setting.dataset], self.sources[setting.shadow_dataset]
+        members, nonmembers = manifest.scored()
+        config = BlindConfig(
+            dataset=victim.spec, root=victim.root, members=sorted(members), nonmembers=sorted(nonmembers),
+            shadow_dataset=shadow.spec, shadow_root=shadow.root, shadow_members=sorted(manifest.shadow.members),
+            shadow_nonmembers=sorted(manifest.shadow.nonmembers), image_size=self.grid.train.get("image_size"),
+            seed=seed,
+        )
+        meta = BlindMeta(dataset=setting.dataset, shadow_dataset=setting.shadow_dataset, setting=setting.kind,
+                         seed=seed, overlap=manifest.overlap if setting.kind == "dependent" else "n/a")
+        label = f"blind baseline, {setting.kind} {setting.dataset} <- {setting.shadow_dataset}"
+        return self.plan.add(Unit("blind", unit_key("blind", config), config, (), label, meta))
+
+    def slice(self, setting: Setting, manifest: Manifest, seed: int, control: str) -> None:
         grid = self.grid
         victim_src, shadow_src = self.sources[setting.dataset], self.sources[setting.shadow_dataset]
+        where = {"overlap": manifest.overlap, "setting": setting.kind, "control": control}
         for victim_arch in grid.victim_archs:
             for shadow_arch in grid.shadow_archs_for(victim_arch):
-                shadow_model = self.model(shadow_src, manifest, "shadow", shadow_arch, NO_DEFENSE, seed)
-                shadow_release = self.release(shadow_model, shadow_src, manifest, "shadow")
-                for defense in defenses:
-                    victim_defense = NO_DEFENSE if defense.output_side else defense
-                    victim_model = self.model(victim_src, manifest, "victim", victim_arch, victim_defense, seed)
+                for defense in (d for d in grid.defenses if d.only.allows(victim_arch, **where)):
+                    trained_with = NO_DEFENSE if defense.output_side else defense
+                    victim_model = self.model(victim_src, manifest, "victim", victim_arch, trained_with, seed)
                     victim_release = self.release(victim_model, victim_src, manifest, "victim")
-                    # the adaptive attacker passes its shadow's outputs through the victim's output defense
-                    shadow_defense = defense if defense.output_side and grid.adaptive else NO_DEFENSE
-                    for attack in grid.attacks:
-                        attack_key = self.attack(shadow_release, attack, shadow_defense, seed)
-                        meta = {
-                            "dataset": setting.dataset, "victim_arch": victim_arch,
-                            "shadow_dataset": setting.shadow_dataset, "shadow_arch": shadow_arch,
-                            "shadow_overlap": manifest.overlap if setting.kind == "dependent" else "n/a",
-                            "defense": defense.name, "defense_params": json.dumps(defense.params_dict, sort_keys=True),
-                            "defense_label": defense.label, "attack": attack.name,
-                            "representation": attack.representation, "seed": seed, "control": control,
-                            "setting": setting.kind, "adaptive": grid.adaptive,
-                            "victim_model": victim_model,
-                        }
-                        self.cell(attack_key, victim_release, defense, meta)
+                    # the adaptive attacker trains its shadow with the victim's training defense and passes
+                    # the shadow's outputs through the victim's output defense
+                    shadow_model = self.model(shadow_src, manifest, "shadow", shadow_arch,
+                                              trained_with if grid.adaptive else NO_DEFENSE, seed)
+                    shadow_release = self.release(shadow_model, shadow_src, manifest, "shadow")
+                    seen = defense if defense.output_side and grid.adaptive else NO_DEFENSE
+                    for attack in (a for a in grid.attacks if a.only.allows(victim_arch, **where)):
+                        meta = CellMeta(
+                            dataset=setting.dataset, victim_arch=victim_arch, shadow_dataset=setting.shadow_dataset,
+                            shadow_arch=shadow_arch,
+                            shadow_overlap=manifest.overlap if setting.kind == "dependent" else "n/a",
+                            defense=defense.name, defense_params=json.dumps(defense.params_dict, sort_keys=True),
+                            defense_label=defense.label, attack=attack.name, representation=attack.representation,
+                            attack_label=attack.label, seed=seed, control=control, setting=setting.kind,
+                            adaptive=grid.adaptive,
+                        )
+                        fit_key = self.fit(shadow_release, attack, seen, seed)
+                        self.cell(fit_key, victim_release, victim_model, defense, manifest, victim_src, meta)
                         self.plan.n_cells_requested += 1
 
 
@@ -205,8 +230,12 @@ def build_plan(grid: Grid, sources: dict[str, DataSource], manifests: dict[tuple
     plan = Plan()
     builder = _Builder(grid, plan, sources)
     for (seed, setting, _overlap, placebo), manifest in sorted(manifests.items(), key=lambda kv: str(kv[0])):
-        if placebo:
-            builder.slice(setting, manifest, seed, [NO_DEFENSE], control="placebo")
-        else:
-            builder.slice(setting, manifest, seed, grid.defenses, control="none")
+        builder.slice(setting, manifest, seed, control="placebo" if placebo else "none")
+    if grid.blind:
+        first: dict[tuple, Manifest] = {}
+        for (seed, setting, overlap, placebo), manifest in sorted(manifests.items(), key=lambda kv: str(kv[0])):
+            if not placebo and ((seed, setting) not in first or overlap < first[(seed, setting)].overlap):
+                first[(seed, setting)] = manifest
+        for (seed, setting), manifest in first.items():
+            builder.blind(setting, manifest, seed)
     return plan

@@ -1,71 +1,71 @@
-"""Turns scheduler events into MLflow runs, and the finished invocation into a report and a summary."""
+"""Turns scheduler events into MLflow runs (through each unit kind's `log`), and the finished invocation
+into a report and a summary."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pandas as pd
 
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.scheduler import SKIPPED
 from ray_jobs.store import ResultStore
 from ray_jobs.tracking import Tracker
+from ray_jobs.units import UNIT_KINDS
 
 if TYPE_CHECKING:
-    from ray_jobs.runner import Summary
     from ray_jobs.spec import Grid
+
+
+@dataclass
+class Summary:
+    """What one invocation did: the plan's counts, failures, reuse and time, and where its report is."""
+
+    plan_counts: dict[str, int]
+    failed: dict[str, str] = field(default_factory=dict)
+    cached: int = 0
+    wall_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 class Reporter:
     def __init__(self, plan: Plan, store: ResultStore, tracker: Tracker) -> None:
         self.plan, self.store, self.tracker = plan, store, tracker
-        # models always finish before the cells that read them (a cell depends on its victim's release)
-        self.model_summaries: dict[str, dict[str, Any]] = {}
+        self.kinds = {name: UNIT_KINDS.lookup(name)() for name in {u.kind for u in plan.units.values()}}
 
     def unit_done(self, unit: Unit, summary: dict[str, Any]) -> None:
-        if unit.kind == "model":
-            self.model_summaries[unit.key] = summary
-            self.tracker.log_model(unit.key, unit.meta, summary, f"{self.store.location('model', unit.key)}/model.pt")
-        elif unit.kind == "cell":
-            cell_dir = self.store.local_dir("cell", unit.key)
-            roc = cell_dir / "roc.png"
-            if not roc.exists():  # drawn on the driver: matplotlib stays out of the workers
-                from analysis.roc import plot_cell_roc
-
-                plot_cell_roc(pd.read_csv(cell_dir / "scores.csv"), roc, title=unit.label,
-                              attack=f"{unit.meta['attack']}/{unit.meta['representation']}")
-            self.tracker.log_cell(unit.key, unit.meta, summary, [cell_dir / "scores.csv", roc],
-                                  self.model_summaries[unit.meta["victim_model"]])
+        self.kinds[unit.kind].log(self.tracker, unit, summary, self.store)
 
     def unit_failed(self, unit: Unit, error: str) -> None:
-        if unit.kind in ("model", "cell"):
-            self.tracker.log_failure(unit.kind, unit.key, unit.meta, error)
+        self.kinds[unit.kind].log_failure(self.tracker, unit, error)
 
     def _leakage_maps(self, out: Path) -> list[Path]:
         """One figure per undefended, non-placebo victim release: where members and non-members differ."""
         from analysis.leakage import plot_leakage_map
-        from benchmark.attacks.features import structured_loss_map
-        from benchmark.data.labels import CITYSCAPES_CLASSES
-        from ray_jobs.units import load_query
+        from benchmark.attacks.features import loss_map
+        from benchmark.data.adapters import get_adapter
+        from ray_jobs.units.release import load_observed
 
         written = []
-        releases = {u.config["release"]: u for u in self.plan.of_kind("cell")
-                    if u.meta["defense"] == "none" and u.meta["control"] == "none"}
+        releases = {u.config.release: u for u in self.plan.of_kind("cell")
+                    if u.meta.defense == "none" and u.meta.control == "none"}
         for release_key, cell in sorted(releases.items()):
             if not self.store.is_done("release", release_key):
                 continue
-            query, is_member = load_query(self.store, release_key, {"name": "none", "params": {}}, seed=0)
-            loss = structured_loss_map(query.probs, query.labels.long())[:, 0].numpy()
-            labels = query.labels.numpy()
-            path = out / f"leakage_{cell.meta['dataset']}_{cell.meta['victim_arch']}_{release_key[-8:]}.png"
+            observed = load_observed(self.store, release_key, None, seed=0)
+            released, is_member = observed.released, observed.is_member
+            adapter = get_adapter(cell.config.dataset)
+            loss = loss_map(released.log_probs.float(), released.labels.long(), adapter.ignore_index)[:, 0].numpy()
+            labels = released.labels.numpy()
+            path = out / f"leakage_{cell.meta.dataset}_{cell.meta.victim_arch}_{release_key[-8:]}.png"
             plot_leakage_map(loss[is_member], labels[is_member], loss[~is_member], labels[~is_member],
-                             CITYSCAPES_CLASSES, path)
+                             adapter.classes, path, ignore_index=adapter.ignore_index)
             written.append(path)
         return written
 
-    def finish(self, grid: "Grid", summary: "Summary", stream=sys.stdout) -> dict[str, Any]:
+    def finish(self, grid: Grid, summary: Summary, stream=sys.stdout) -> dict[str, Any]:
         from analysis.report import write_report
 
         out = self.store.local_root / "report"
@@ -80,18 +80,17 @@ class Reporter:
             print(f"warning: could not write the report: {type(exc).__name__}: {exc}", file=stream)
         self.tracker.log_parent({
             "wall_seconds": summary.wall_seconds, "compute_seconds": summary.compute_seconds,
-            "n_units": sum(summary.plan_counts[k] for k in ("model", "release", "attack", "cell")),
-            "n_cached": summary.cached, "n_failed": len(summary.failed),
+            "n_units": len(self.plan.units), "n_cached": summary.cached, "n_failed": len(summary.failed),
         })
         _print_summary(summary, report, self.tracker, stream)
         return report
 
 
-def _print_summary(summary: "Summary", report: dict[str, Any], tracker: Tracker, stream) -> None:
+def _print_summary(summary: Summary, report: dict[str, Any], tracker: Tracker, stream) -> None:
     counts = summary.plan_counts
+    kinds = ", ".join(f"{n} {kind}" for kind, n in counts.items() if kind != "naive_models")
     print("\n== segleak summary ==", file=stream)
-    print(f"units: {counts['model']} models, {counts['release']} releases, {counts['attack']} attack models, "
-          f"{counts['cell']} cells ({summary.cached} reused from earlier runs); naive grid would train "
+    print(f"units: {kinds} ({summary.cached} reused from earlier runs); naive grid would train "
           f"{counts['naive_models']} models", file=stream)
     print(f"time: {summary.wall_seconds:.0f} s wall, {summary.compute_seconds:.0f} s of unit compute", file=stream)
     if summary.failed:

@@ -1,34 +1,34 @@
 """Runs a plan's units on Ray in dependency order.
 
-The driver holds the DAG: a unit is submitted as a Ray task once every unit it reads is finished, at most
-`max_concurrent` at a time. Ray retries a failing task (`retries` from the grid); a unit that still fails
-is recorded with its error and only the units downstream of it are skipped, so one bad cell never stops
-unrelated ones. Each finished unit prints one line, instead of Ray's log stream.
+The driver holds the DAG: each unit counts the units it still waits for, and a unit is submitted as a Ray
+task the moment its count reaches zero, at most `max_concurrent` at a time, so the driver's work per unit
+does not grow with the plan's size. Ray retries a failing task (`retries` from the grid); a unit that still
+fails is recorded with its error and only the units downstream of it are skipped, so one bad cell never
+stops unrelated ones. Each finished unit prints one line, instead of Ray's log stream.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import ray
 
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.store import ResultStore
-from ray_jobs.units import UnitCrashed, UnitRefused, execute
+from ray_jobs.units import UNIT_KINDS, UnitCrashed, UnitRefused, execute
 
-STAGE_OF_KIND = {"model": "train", "release": "release", "attack": "attack", "cell": "cell"}
 SKIPPED = "skipped: upstream"
-DEFAULT_RESOURCES = {"train": {"cpu": 1, "gpu": 0}, "release": {"cpu": 1, "gpu": 0},
-                     "attack": {"cpu": 1, "gpu": 0}, "cell": {"cpu": 1, "gpu": 0}}
 
 
 @dataclass
 class Outcome:
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)    # key -> unit summary
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> unit summary
     cached: set[str] = field(default_factory=set)
-    failed: dict[str, str] = field(default_factory=dict)             # key -> one-line error
+    failed: dict[str, str] = field(default_factory=dict)  # key -> one-line error
     compute_seconds: float = 0.0
 
 
@@ -44,88 +44,97 @@ class Scheduler:
                  max_concurrent: int | None, on_done: Callable[[Unit, dict[str, Any]], None],
                  on_failed: Callable[[Unit, str], None], stream=sys.stdout) -> None:
         self.plan, self.store, self.retries = plan, store, retries
-        self.resources = {stage: {**DEFAULT_RESOURCES[stage], **resources.get(stage, {})} for stage in DEFAULT_RESOURCES}
+        self.resources = resources
         self.max_concurrent = max_concurrent or 10**6
         self.on_done, self.on_failed, self.stream = on_done, on_failed, stream
         self._remote = ray.remote(execute)
+        self._kinds = {name: UNIT_KINDS.lookup(name)() for name in {u.kind for u in plan.units.values()}}
+        self._finished = 0
 
     def _submit(self, unit: Unit) -> ray.ObjectRef:
-        res = self.resources[STAGE_OF_KIND[unit.kind]]
-        threads = max(1, int(res["cpu"]))
+        res = self.resources[self._kinds[unit.kind].stage]
         return self._remote.options(
             # Ray retries crashed workers and unexpected errors, not a unit refusing its input (it would again)
             num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=self.retries, retry_exceptions=[UnitCrashed],
             name=f"segleak-{unit.kind}",
-        ).remote(unit.kind, unit.key, unit.config, str(self.store.root), threads)
+        ).remote(unit.kind, unit.key, unit.config_dict, str(self.store.root), max(1, int(res["cpu"])))
 
-    def _print(self, n_finished: int, total: int, mark: str, unit: Unit, detail: str) -> None:
-        print(f"[{n_finished:>4}/{total}] {mark} {unit.kind:<7} {unit.label}  {detail}", file=self.stream, flush=True)
+    def _print(self, mark: str, unit: Unit, detail: str) -> None:
+        self._finished += 1
+        print(f"[{self._finished:>4}/{len(self.plan.units)}] {mark} {unit.kind:<7} {unit.label}  {detail}",
+              file=self.stream, flush=True)
 
     def run(self) -> Outcome:
         outcome = Outcome()
         units = self.plan.topological()
-        total = len(units)
         for unit in units:
             if self.store.is_done(unit.kind, unit.key):
                 outcome.cached.add(unit.key)
                 outcome.done[unit.key] = self.store.read_unit(unit.kind, unit.key)["summary"]
-        print(f"{total} units in the plan: {len(outcome.cached)} already finished, {total - len(outcome.cached)} to run",
-              file=self.stream, flush=True)
+        print(f"{len(units)} units in the plan: {len(outcome.cached)} already finished, "
+              f"{len(units) - len(outcome.cached)} to run", file=self.stream, flush=True)
+        self._finished = len(outcome.cached)
         for unit in units:
             if unit.key in outcome.cached:
                 self.on_done(unit, outcome.done[unit.key])
-        waiting = [u for u in units if u.key not in outcome.cached]
+        waiting: dict[str, int] = {}
+        dependents: dict[str, list[str]] = {}
+        ready: deque[str] = deque()
+        for unit in units:
+            if unit.key in outcome.cached:
+                continue
+            open_deps = [d for d in unit.deps if d not in outcome.cached]
+            waiting[unit.key] = len(open_deps)
+            for dep in open_deps:
+                dependents.setdefault(dep, []).append(unit.key)
+            if not open_deps:
+                ready.append(unit.key)
         in_flight: dict[ray.ObjectRef, Unit] = {}
-        finished = len(outcome.cached)
-        while waiting or in_flight:
-            for unit in list(waiting):
-                upstream_failed = [d for d in unit.deps if d in outcome.failed]
-                if upstream_failed:
-                    waiting.remove(unit)
-                    cause = outcome.failed[upstream_failed[0]]
-                    error = cause if cause.startswith(SKIPPED) else f"{SKIPPED} unit {upstream_failed[0]} failed ({cause})"
-                    outcome.failed[unit.key] = error
-                    finished += 1
-                    self._print(finished, total, "-", unit, error)
-                    self.on_failed(unit, error)
-                elif len(in_flight) < self.max_concurrent and all(d in outcome.done for d in unit.deps):
-                    waiting.remove(unit)
-                    in_flight[self._submit(unit)] = unit
-            if not in_flight:
-                if waiting:  # cannot happen for a plan built by build_plan; guards against a silent spin
-                    raise RuntimeError(f"scheduler stalled: {waiting[0].key} waits on units that never ran")
-                break
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
+        while ready or in_flight:
+            while ready and len(in_flight) < self.max_concurrent:
+                unit = self.plan.units[ready.popleft()]
+                in_flight[self._submit(unit)] = unit
+            done_refs, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done_refs:
                 unit = in_flight.pop(ref)
-                finished += 1
                 try:
                     summary = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a failed unit is reported, not fatal
                     error = _one_line(exc)
-                    outcome.failed[unit.key] = error
                     refused = isinstance(getattr(exc, "cause", exc), UnitRefused)
-                    self._print(finished, total, "x", unit, f"FAILED{'' if refused else f' after {self.retries} retries'}: {error}")
-                    self.on_failed(unit, error)
+                    self._fail(unit, error, f"FAILED{'' if refused else f' after {self.retries} retries'}: {error}",
+                               outcome, dependents)
                     continue
                 # the unit's own compute time; the time since submission also counts waiting for a free CPU
                 seconds = float(self.store.read_unit(unit.kind, unit.key).get("seconds", 0.0))
                 outcome.compute_seconds += seconds
                 outcome.done[unit.key] = summary
-                self._print(finished, total, "+", unit, _brief(unit, summary, seconds))
+                self._print("+", unit, f"{self._kinds[unit.kind].brief(summary)}  ({seconds:.1f} s)")
                 self.on_done(unit, summary)
+                for child in dependents.get(unit.key, ()):
+                    waiting[child] -= 1
+                    if waiting[child] == 0 and child not in outcome.failed:
+                        ready.append(child)
+        stalled = [k for k, n in waiting.items() if k not in outcome.done and k not in outcome.failed]
+        if stalled:  # cannot happen for a plan built by build_plan; guards against a silent stop
+            raise RuntimeError(f"scheduler stalled: {stalled[0]} waits on units that never ran")
         return outcome
 
-
-def _brief(unit: Unit, summary: dict[str, Any], seconds: float) -> str:
-    if unit.kind == "model":
-        text = f"mIoU train {summary.get('miou_train', float('nan')):.3f} / held-out {summary.get('miou_heldout', float('nan')):.3f}"
-        if "dp_epsilon" in summary:
-            text += f", eps {summary['dp_epsilon']:.2f}"
-    elif unit.kind == "cell":
-        text = f"AUC {summary['auc']:.3f} [{summary['auc_ci_low']:.3f}, {summary['auc_ci_high']:.3f}]"
-    elif unit.kind == "attack":
-        text = f"shadow AUC {summary.get('shadow_auc', float('nan')):.3f}"
-    else:
-        text = f"{summary.get('n_images', '?')} images"
-    return f"{text}  ({seconds:.1f} s)"
+    def _fail(self, unit: Unit, error: str, detail: str, outcome: Outcome, dependents: dict[str, list[str]]) -> None:
+        """Record a failure and skip everything downstream of it (each skipped unit printed once)."""
+        outcome.failed[unit.key] = error
+        self._print("x", unit, detail)
+        self.on_failed(unit, error)
+        todo = deque((child, unit.key) for child in dependents.get(unit.key, ()))
+        while todo:
+            key, cause = todo.popleft()
+            if key in outcome.failed:
+                continue
+            skipped = f"{SKIPPED} unit {cause} failed ({outcome.failed[cause]})"
+            if outcome.failed[cause].startswith(SKIPPED):
+                skipped = outcome.failed[cause]
+            outcome.failed[key] = skipped
+            child = self.plan.units[key]
+            self._print("-", child, skipped)
+            self.on_failed(child, skipped)
+            todo.extend((grandchild, key) for grandchild in dependents.get(key, ()))

@@ -1,55 +1,126 @@
-"""Grid specs: a YAML file (or a built-in profile) validated into a `Grid`.
+"""Grid specs: a YAML file (or a built-in profile) validated into a typed `Grid`.
 
 Validation happens once, on load, with messages that name the file, the key and the bad value, so a typo
-fails in the first second instead of an hour into a cluster run.
+fails in the first second instead of an hour into a cluster run. Component names and their parameters come
+from the registries (benchmark.registry): a defense, attack or dataset declares them once, in its own file.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from benchmark.data.labels import NUM_CLASSES
-from benchmark.defenses.output import OUTPUT_DEFENSE_PARAMS, check_output_defense_params
-from benchmark.defenses.training import TRAINING_DEFENSES, resolve_training_defense
+from benchmark.attacks.base import Attack
+from benchmark.attacks.patch_attack import ATTACK_TRAIN_PARAMS
+from benchmark.data.adapters import DatasetAdapter, get_adapter
+from benchmark.data.splits import SPLIT_PARAMS, SplitSpec
+from benchmark.data.synth import PARAMS as SYNTH_PARAMS
+from benchmark.defenses.base import Defense
 from benchmark.errors import SegleakError
+from benchmark.models.release import RELEASE_PARAMS, released_size
+from benchmark.models.train import TRAIN_PARAMS
+from benchmark.params import Param, check_params
 from benchmark.paths import project_root
+from benchmark.registry import ATTACKS, DEFENSES
 
 PROFILES_DIR = project_root() / "ray_jobs" / "profiles"
-DATASETS = ("cityscapes", "bdd100k", "mapillary")
-ATTACKS = {"patch": ("slm", "concat", "posterior"), "loss_threshold": ("statistic",), "pixel_accuracy": ("statistic",)}
+SYNTHETIC = "synthetic"
 CONTROLS = ("placebo",)
+RESOURCE_STAGES = ("train", "release", "attack", "cell")
+RESOURCE_PARAMS = {"cpu": Param(float, default=1.0, low=0.0), "gpu": Param(float, default=0.0, low=0.0)}
+
+
+def _frozen(values: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items())
+
+
+@dataclass(frozen=True)
+class Only:
+    """Where a grid entry applies (`only:` in a defense or attack entry): the victim architectures, shadow
+    overlaps, setting kinds and controls it runs with; empty = everywhere. A grid spends its budget where it
+    matters, e.g. a sweep of training-side defenses on one architecture at overlap 0."""
+
+    victim_archs: tuple[str, ...] = ()
+    overlaps: tuple[float, ...] = ()
+    settings: tuple[str, ...] = ()
+    controls: tuple[str, ...] = ()
+
+    def allows(self, victim_arch: str, overlap: float, setting: str, control: str) -> bool:
+        return ((not self.victim_archs or victim_arch in self.victim_archs)
+                and (not self.overlaps or setting != "dependent" or overlap in self.overlaps)
+                and (not self.settings or setting in self.settings)
+                and (not self.controls or control in self.controls))
+
+
+EVERYWHERE = Only()
 
 
 @dataclass(frozen=True)
 class DefenseSetting:
-    """One defense column of the grid: a name and one combination of its parameters."""
+    """One defense column of the grid: a registered defense and one combination of its parameters."""
 
     name: str
     params: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def output_side(self) -> bool:
-        return self.name in OUTPUT_DEFENSE_PARAMS
+    only: Only = field(default=EVERYWHERE, compare=False)
 
     @property
     def params_dict(self) -> dict[str, Any]:
         return dict(self.params)
 
+    @functools.cached_property
+    def defense(self) -> Defense:
+        return DEFENSES.lookup(self.name)(**self.params_dict)
+
+    @property
+    def output_side(self) -> bool:
+        return self.defense.output_side
+
     @property
     def label(self) -> str:
-        inner = ", ".join(f"{k}={v}" for k, v in self.params)
-        return f"{self.name}({inner})" if inner else self.name
+        return self.defense.label
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params_dict}
+
+
+NO_DEFENSE = DefenseSetting("none")
 
 
 @dataclass(frozen=True)
 class AttackSetting:
+    """One attack of the grid: a registered attack and one combination of its parameters."""
+
     name: str
-    representation: str
+    params: tuple[tuple[str, Any], ...] = ()
+    only: Only = field(default=EVERYWHERE, compare=False)
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def build(self, attack_train: dict[str, Any] | None = None) -> Attack:
+        return ATTACKS.lookup(self.name)(attack_train=attack_train, **self.params_dict)
+
+    @functools.cached_property
+    def attack(self) -> Attack:
+        return self.build()
+
+    @property
+    def label(self) -> str:
+        return self.attack.label
+
+    @property
+    def representation(self) -> str:
+        return self.attack.representation
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params_dict}
 
 
 @dataclass(frozen=True)
@@ -65,10 +136,27 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset of the grid: its name in the grid, its adapter's spec (type and options) and its root."""
+
+    name: str
+    spec: dict[str, Any]
+    root: str
+
+    @property
+    def adapter(self) -> DatasetAdapter:
+        return get_adapter(self.spec)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.root == SYNTHETIC
+
+
+@dataclass(frozen=True)
 class Grid:
     name: str
     source: str
-    datasets: dict[str, Any]
+    datasets: dict[str, DatasetEntry]
     settings: tuple[Setting, ...]
     victim_archs: tuple[str, ...]
     shadow_archs: tuple[str, ...] | None
@@ -78,189 +166,264 @@ class Grid:
     adaptive: bool
     controls: tuple[str, ...]
     seeds: tuple[int, ...]
-    splits: dict[str, dict[str, int]]
+    splits: dict[str, Any]
+    group_split: bool
     synthetic: dict[str, Any]
     train: dict[str, Any]
     attack_train: dict[str, Any]
     release: dict[str, Any]
+    calibration_fraction: float
     resources: dict[str, dict[str, float]]
     retries: int
     leakage_maps: bool = True
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    blind: bool = True
 
     def shadow_archs_for(self, victim_arch: str) -> tuple[str, ...]:
         return self.shadow_archs if self.shadow_archs else (victim_arch,)
 
+    def split_spec(self, setting: Setting, extra: dict[str, int] | None = None) -> SplitSpec:
+        """The split sizes and options of a setting (independent sizes may be given per shadow dataset)."""
+        block = dict(self.splits.get(setting.kind, {}))
+        block.update(block.pop("per_shadow", {}).get(setting.shadow_dataset, {}))
+        return SplitSpec(**block, group_split=self.group_split, **(extra or {}))
 
-_TOP_KEYS = {
-    "name", "datasets", "settings", "victim_archs", "shadow_archs", "overlaps", "defenses", "attacks",
-    "adaptive", "controls", "seeds", "splits", "synthetic", "train", "attack_train", "release", "resources",
-    "retries", "leakage_maps",
-}
-_REQUIRED = ("name", "datasets", "settings", "victim_archs", "defenses", "attacks")
-_TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "image_size", "precision", "accelerator"}
-_ATTACK_TRAIN_KEYS = {"size", "crop", "n_crops_train", "n_crops_test", "epochs", "batch_size", "lr", "weight_decay"}
-_RELEASE_KEYS = {"output_stride", "batch_size"}
-_SPLIT_KEYS = {"victim_members", "victim_nonmembers", "shadow_members", "shadow_nonmembers"}
-_SYNTH_KEYS = {"n_train", "n_val", "size", "seed"}
-_RESOURCE_STAGES = {"train", "release", "attack", "cell"}
-# allowed parameters come from the defenses themselves, so the grid cannot drift from what they accept
-_DEFENSE_PARAMS = {
-    **{name: set(params) for name, params in OUTPUT_DEFENSE_PARAMS.items()},
-    **{name: required | optional for name, (required, optional) in TRAINING_DEFENSES.items()},
+
+_TOP: dict[str, Param] = {
+    "name": Param(str),
+    "datasets": Param(dict),
+    "settings": Param(list),
+    "victim_archs": Param(list),
+    "shadow_archs": Param(object, default=None, nullable=True, help="'same' (the victim's) or a list"),
+    "overlaps": Param(list, default=[0.0]),
+    "defenses": Param(list),
+    "attacks": Param(list),
+    "adaptive": Param(bool, default=True),
+    "controls": Param(list, default=[]),
+    "seeds": Param(list, default=[0]),
+    "splits": Param(dict, default={}),
+    "group_split": Param(bool, default=True, help="split and bootstrap by whole groups (cities, sequences)"),
+    "synthetic": Param(dict, default={}),
+    "train": Param(dict),
+    "attack_train": Param(dict, default={}),
+    "release": Param(dict, default={}),
+    "calibration_fraction": Param(float, default=0.25, low=0.0, high=0.5, low_open=True,
+                                  help="part of the shadow's query set held out to calibrate each attack"),
+    "resources": Param(dict, default={}),
+    "retries": Param(int, default=1, low=0),
+    "leakage_maps": Param(bool, default=True),
+    "blind": Param(bool, default=True, help="the blind baseline and shift test of every setting"),
 }
 
 
 class _Checker:
-    """Collects context (file, key path) so every error names where it happened."""
+    """Runs every check with the grid file in the message, so each error names file, key and value."""
 
     def __init__(self, source: str) -> None:
         self.source = source
 
+    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except SegleakError as exc:
+            raise SegleakError(f"grid {self.source}: {exc}") from None
+
+    def at(self, where: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Like calling the checker, with the grid key in the message too."""
+        try:
+            return function(*args, **kwargs)
+        except SegleakError as exc:
+            raise self.fail(where, str(exc)) from None
+
     def fail(self, where: str, message: str) -> SegleakError:
         return SegleakError(f"grid {self.source}: {where}: {message}")
 
-    def keys(self, where: str, mapping: Any, allowed: set[str]) -> dict[str, Any]:
-        if not isinstance(mapping, dict):
-            raise self.fail(where, f"expected a mapping, got {type(mapping).__name__}")
-        unknown = sorted(set(mapping) - allowed)
-        if unknown:
-            raise self.fail(where, f"unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
-        return mapping
-
-    def choice(self, where: str, value: Any, allowed: tuple[str, ...] | set[str]) -> str:
-        if value not in allowed:
-            raise self.fail(where, f"unknown value {value!r} (known: {', '.join(sorted(allowed))})")
-        return value
-
-    def number(self, where: str, value: Any, low: float | None = None, high: float | None = None, integer: bool = False) -> Any:
-        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type:
-            raise self.fail(where, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-            raise self.fail(where, f"value {value!r} is outside {bounds}")
-        return value
-
-    def listify(self, value: Any) -> list[Any]:
-        return list(value) if isinstance(value, (list, tuple)) else [value]
+    def items(self, where: str, value: Any, item: type, low: float | None = None, high: float | None = None,
+              choices: tuple[Any, ...] | None = None, nonempty: bool = True) -> list[Any]:
+        """A list (a bare value counts as a one-element list) of valid items; empty lists refused."""
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if nonempty and not values:
+            raise self.fail(where, "expected at least one value, got an empty list")
+        param = Param(item, low=low, high=high, choices=choices)
+        return [self(param.check, f"{where}[{i}]", v) for i, v in enumerate(values)]
 
 
-def _defenses(check: _Checker, entries: Any) -> tuple[DefenseSetting, ...]:
+ONLY_PARAMS = {
+    "victim_archs": Param(list, default=[], item=str),
+    "overlaps": Param(list, default=[], item=float),
+    "settings": Param(list, default=[], item=str, choices=("dependent", "independent")),
+    "controls": Param(list, default=[], item=str, choices=("none", *CONTROLS)),
+}
+
+
+def _only(check: _Checker, where: str, entry: dict[str, Any]) -> Only:
+    values = check(check_params, f"{where}.only", ONLY_PARAMS, entry.get("only", {}))
+    return Only(**{k: tuple(v) for k, v in values.items()})
+
+
+def _sweep(check: _Checker, where: str, entry: Any, registry, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """A component entry (`name` or `{name, param: value or [values], only: {...}}`) expanded into one
+    (name, params) per combination of listed values, each validated by the component's own declaration."""
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise check.fail(where, f"expected a {kind} name or a mapping with 'name'")
+    cls = check.at(f"{where}.name", registry.lookup, entry["name"])
+    params = {k: v for k, v in entry.items() if k not in ("name", "only")}
+    unknown = sorted(set(params) - set(cls.params))
+    if unknown:
+        raise check.fail(where, f"unknown key {unknown[0]!r} (known: {', '.join(cls.params) or 'none'})")
+    keys = sorted(params)
+    lists = [params[k] if isinstance(params[k], list) and cls.params[k].kind is not list else [params[k]] for k in keys]
+    return [(cls.name, dict(zip(keys, combo))) for combo in itertools.product(*lists)]
+
+
+def _defenses(check: _Checker, entries: list[Any], class_counts: set[int]) -> tuple[DefenseSetting, ...]:
     out: list[DefenseSetting] = []
-    for i, entry in enumerate(check.listify(entries)):
+    for i, entry in enumerate(entries):
         where = f"defenses[{i}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise check.fail(where, "expected a defense name or a mapping with 'name'")
-        name = check.choice(f"{where}.name", entry["name"], set(_DEFENSE_PARAMS))
-        params = {k: v for k, v in entry.items() if k != "name"}
-        check.keys(where, params, _DEFENSE_PARAMS[name])
-        sweeps = {k: check.listify(v) for k, v in sorted(params.items())}
-        for k, values in sweeps.items():
-            for v in values:
-                check.number(f"{where}.{k}", v, low=0, integer=k == "k")
-        for combo in itertools.product(*sweeps.values()):
-            setting = DefenseSetting(name, tuple(zip(sweeps.keys(), combo)))
-            try:  # the defense's own validation, now rather than an hour into the run
-                if setting.output_side:
-                    check_output_defense_params(name, setting.params_dict, NUM_CLASSES)
-                else:
-                    resolve_training_defense(name, setting.params_dict, epochs=1, weight_decay=0.0)
-            except SegleakError as exc:
-                raise check.fail(where, str(exc)) from None
-            out.append(setting)
+        only = _only(check, where, entry) if isinstance(entry, dict) else EVERYWHERE
+        for name, params in _sweep(check, where, entry, DEFENSES, "defense"):
+            defense = check.at(where, DEFENSES.lookup(name), **params)
+            for n in class_counts:
+                check.at(where, defense.check_classes, n)
+            out.append(DefenseSetting(name, _frozen(defense.values), only))
     if len(set(out)) != len(out):
         raise check.fail("defenses", "a defense setting is listed twice")
     return tuple(out)
 
 
-def _attacks(check: _Checker, entries: Any) -> tuple[AttackSetting, ...]:
+def _attacks(check: _Checker, entries: list[Any]) -> tuple[AttackSetting, ...]:
     out: list[AttackSetting] = []
-    for i, entry in enumerate(check.listify(entries)):
+    for i, entry in enumerate(entries):
         where = f"attacks[{i}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        check.keys(where, entry, {"name", "representation"})
-        name = check.choice(f"{where}.name", entry.get("name"), set(ATTACKS))
-        reps = check.listify(entry.get("representation", ATTACKS[name][0]))
-        for rep in reps:
-            out.append(AttackSetting(name, check.choice(f"{where}.representation", rep, ATTACKS[name])))
+        only = _only(check, where, entry) if isinstance(entry, dict) else EVERYWHERE
+        for name, params in _sweep(check, where, entry, ATTACKS, "attack"):
+            attack = check.at(where, ATTACKS.lookup(name), **params)
+            out.append(AttackSetting(name, _frozen(attack.values), only))
+    if len(set(out)) != len(out):
+        raise check.fail("attacks", "an attack setting is listed twice")
     return tuple(out)
 
 
-def _validate(raw: Any, source: str) -> Grid:
-    check = _Checker(source)
-    check.keys("top level", raw, _TOP_KEYS)
-    for key in _REQUIRED:
-        if key not in raw:
-            raise check.fail("top level", f"missing required key {key!r}")
-    datasets = check.keys("datasets", raw["datasets"], set(DATASETS))
-    for name, entry in datasets.items():
-        check.keys(f"datasets.{name}", entry, {"root"})
+def _datasets(check: _Checker, raw: dict[str, Any]) -> dict[str, DatasetEntry]:
+    out = {}
+    if not raw:
+        raise check.fail("datasets", "expected at least one dataset")
+    for name, entry in raw.items():
+        where = f"datasets.{name}"
+        if not isinstance(entry, dict):
+            raise check.fail(where, f"expected a mapping with 'root', got {entry!r}")
         if "root" not in entry:
-            raise check.fail(f"datasets.{name}", "missing 'root' (a path, or 'synthetic')")
-    settings = []
-    for i, entry in enumerate(check.listify(raw["settings"])):
-        check.keys(f"settings[{i}]", entry, {"dataset", "shadow_dataset"})
-        ds = check.choice(f"settings[{i}].dataset", entry.get("dataset"), set(datasets))
-        shadow = check.choice(f"settings[{i}].shadow_dataset", entry.get("shadow_dataset", ds), set(datasets))
-        settings.append(Setting(ds, shadow))
-    victim_archs = tuple(str(a) for a in check.listify(raw["victim_archs"]))
-    shadow_raw = raw.get("shadow_archs", "same")
-    shadow_archs = None if shadow_raw == "same" else tuple(str(a) for a in check.listify(shadow_raw))
-    overlaps = tuple(float(check.number("overlaps", v, 0.0, 1.0)) for v in check.listify(raw.get("overlaps", [0.0])))
-    splits = check.keys("splits", raw.get("splits", {}), {"dependent", "independent"})
-    for kind, sizes in splits.items():
+            raise check.fail(where, "missing 'root' (a path, or 'synthetic')")
+        root = entry["root"]
+        if not isinstance(root, str) or not root:
+            raise check.fail(f"{where}.root", f"expected a path or 'synthetic', got {root!r}")
+        spec = {k: v for k, v in entry.items() if k != "root"}
+        spec.setdefault("type", name)
+        adapter = check(get_adapter, spec)
+        out[name] = DatasetEntry(name, adapter.spec, root)
+    return out
+
+
+def _splits(check: _Checker, raw: dict[str, Any], shadow_names: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    unknown = sorted(set(raw) - {"dependent", "independent"})
+    if unknown:
+        raise check.fail("splits", f"unknown key {unknown[0]!r} (known: dependent, independent)")
+    for kind, block in raw.items():
+        if not isinstance(block, dict):
+            raise check.fail(f"splits.{kind}", f"expected a mapping, got {block!r}")
         # independent sizes may be given per shadow dataset (the paper: BDD100K 4000, Mapillary 10000)
-        check.keys(f"splits.{kind}", sizes, _SPLIT_KEYS | (set(DATASETS) if kind == "independent" else set()))
-        for k, v in sizes.items():
-            if k in DATASETS:
-                for kk, vv in check.keys(f"splits.{kind}.{k}", v, _SPLIT_KEYS).items():
-                    check.number(f"splits.{kind}.{k}.{kk}", vv, low=1, integer=True)
-            else:
-                check.number(f"splits.{kind}.{k}", v, low=1, integer=True)
-    synthetic = check.keys("synthetic", raw.get("synthetic", {}), _SYNTH_KEYS)
-    train = check.keys("train", raw.get("train", {}), _TRAIN_KEYS)
-    attack_train = check.keys("attack_train", raw.get("attack_train", {}), _ATTACK_TRAIN_KEYS)
-    release = check.keys("release", raw.get("release", {}), _RELEASE_KEYS)
-    resources = check.keys("resources", raw.get("resources", {}), _RESOURCE_STAGES)
-    for stage, res in resources.items():
-        check.keys(f"resources.{stage}", res, {"cpu", "gpu"})
-        for k, v in res.items():
-            check.number(f"resources.{stage}.{k}", v, low=0)
-    controls = tuple(check.choice("controls", c, CONTROLS) for c in check.listify(raw.get("controls", [])))
-    seeds = tuple(int(check.number("seeds", s, integer=True)) for s in check.listify(raw.get("seeds", [0])))
-    adaptive = raw.get("adaptive", True)
-    if not isinstance(adaptive, bool):
-        raise check.fail("adaptive", f"expected true or false, got {adaptive!r}")
-    leakage_maps = raw.get("leakage_maps", True)
-    if not isinstance(leakage_maps, bool):
-        raise check.fail("leakage_maps", f"expected true or false, got {leakage_maps!r}")
-    return Grid(
-        name=str(raw["name"]),
+        per_shadow = {k: v for k, v in block.items() if k in shadow_names and kind == "independent"}
+        flat = {k: v for k, v in block.items() if k not in per_shadow}
+        values = check(check_params, f"splits.{kind}", SPLIT_PARAMS, flat)
+        values["per_shadow"] = {}  # only the keys given there override the block's
+        for name, sizes in per_shadow.items():
+            checked = check(check_params, f"splits.{kind}.{name}", SPLIT_PARAMS, sizes)
+            values["per_shadow"][name] = {k: v for k, v in checked.items() if k in sizes}
+        out[kind] = values
+    return out
+
+
+def _resources(check: _Checker, raw: dict[str, Any]) -> dict[str, dict[str, float]]:
+    unknown = sorted(set(raw) - set(RESOURCE_STAGES))
+    if unknown:
+        raise check.fail("resources", f"unknown key {unknown[0]!r} (known: {', '.join(RESOURCE_STAGES)})")
+    return {stage: check(check_params, f"resources.{stage}", RESOURCE_PARAMS, raw.get(stage, {}))
+            for stage in RESOURCE_STAGES}
+
+
+def _check_crop(check: _Checker, grid: Grid) -> None:
+    """A patch crop larger than the released map would be clipped silently: refuse it on load."""
+    if not any(a.attack.uses_attack_train for a in grid.attacks):
+        return
+    size = grid.train.get("image_size") or (grid.synthetic.get("size") if all(
+        d.synthetic for d in grid.datasets.values()) else None)
+    if size is None:
+        return  # known only once the images are read: the fit unit refuses it then
+    h, w = check(released_size, size[0], size[1], grid.release["output_stride"])
+    if grid.attack_train["crop"] > min(h, w):
+        raise check.fail("attack_train.crop", f"{grid.attack_train['crop']} is larger than the released {h}x{w} maps "
+                         f"(images {size[0]}x{size[1]} at output_stride {grid.release['output_stride']})")
+
+
+def validate(raw: Any, source: str) -> Grid:
+    check = _Checker(source)
+    top = check(check_params, "top level", _TOP, raw)
+    datasets = _datasets(check, top["datasets"])
+    settings = []
+    for i, entry in enumerate(check.items("settings", top["settings"], dict)):
+        unknown = sorted(set(entry) - {"dataset", "shadow_dataset"})
+        if unknown:
+            raise check.fail(f"settings[{i}]", f"unknown key {unknown[0]!r} (known: dataset, shadow_dataset)")
+        ds = check(Param(str, choices=tuple(datasets)).check, f"settings[{i}].dataset", entry.get("dataset"))
+        shadow = check(Param(str, choices=tuple(datasets)).check, f"settings[{i}].shadow_dataset",
+                       entry.get("shadow_dataset", ds))
+        settings.append(Setting(ds, shadow))
+    class_counts = {datasets[s.dataset].adapter.num_classes for s in settings}
+    shadow_counts = {datasets[s.shadow_dataset].adapter.num_classes for s in settings}
+    for s in settings:
+        n, m = datasets[s.dataset].adapter.num_classes, datasets[s.shadow_dataset].adapter.num_classes
+        if n != m:
+            raise check.fail("settings", f"victim {s.dataset} has {n} classes but shadow {s.shadow_dataset} has {m}: "
+                             "an attack trained on one cannot read the other's posteriors")
+    victim_archs = tuple(check.items("victim_archs", top["victim_archs"], str))
+    shadow_raw = top.get("shadow_archs", "same")
+    shadow_archs = None if shadow_raw == "same" else tuple(check.items("shadow_archs", shadow_raw, str))
+    _check_archs(check, victim_archs + (shadow_archs or ()))
+    synthetic = check(check_params, "synthetic", SYNTH_PARAMS, top["synthetic"])
+    if min(synthetic["size"]) < 16:
+        raise check.fail("synthetic.size", f"{synthetic['size']} is too small: both sides must be >= 16")
+    train = check(check_params, "train", TRAIN_PARAMS, top["train"])
+    grid = Grid(
+        name=top["name"],
         source=source,
         datasets=datasets,
         settings=tuple(settings),
         victim_archs=victim_archs,
         shadow_archs=shadow_archs,
-        overlaps=overlaps,
-        defenses=_defenses(check, raw["defenses"]),
-        attacks=_attacks(check, raw["attacks"]),
-        adaptive=adaptive,
-        controls=controls,
-        seeds=seeds,
-        splits=splits,
+        overlaps=tuple(check.items("overlaps", top["overlaps"], float, 0.0, 1.0)),
+        defenses=_defenses(check, check.items("defenses", top["defenses"], object), class_counts | shadow_counts),
+        attacks=_attacks(check, check.items("attacks", top["attacks"], object)),
+        adaptive=top["adaptive"],
+        controls=tuple(check.items("controls", top["controls"], str, choices=CONTROLS, nonempty=False)),
+        seeds=tuple(check.items("seeds", top["seeds"], int, low=0)),
+        splits=_splits(check, top["splits"], {s.shadow_dataset for s in settings}),
+        group_split=top["group_split"],
         synthetic=synthetic,
         train=train,
-        attack_train=attack_train,
-        release=release,
-        resources=resources,
-        retries=int(check.number("retries", raw.get("retries", 1), low=0, integer=True)),
-        leakage_maps=leakage_maps,
-        raw=raw,
+        attack_train=check(check_params, "attack_train", ATTACK_TRAIN_PARAMS, top["attack_train"]),
+        release=check(check_params, "release", RELEASE_PARAMS, top["release"]),
+        calibration_fraction=top["calibration_fraction"],
+        resources=_resources(check, top["resources"]),
+        retries=top["retries"],
+        leakage_maps=top["leakage_maps"],
+        blind=top["blind"],
     )
+    if len(set(grid.seeds)) != len(grid.seeds) or len(set(grid.overlaps)) != len(grid.overlaps):
+        raise check.fail("seeds/overlaps", "a value is listed twice")
+    _check_crop(check, grid)
+    return grid
 
 
 def load_grid(profile: str | None = None, grid_file: str | Path | None = None) -> Grid:
@@ -279,15 +442,13 @@ def load_grid(profile: str | None = None, grid_file: str | Path | None = None) -
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SegleakError(f"grid {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    grid = _validate(raw, str(path))
-    _check_archs(grid)
-    return grid
+    return validate(raw, str(path))
 
 
-def _check_archs(grid: Grid) -> None:
+def _check_archs(check: _Checker, archs: tuple[str, ...]) -> None:
     from benchmark.models.builder import list_architectures
 
     known = set(list_architectures())
-    for arch in grid.victim_archs + (grid.shadow_archs or ()):
+    for arch in archs:
         if arch not in known:
-            raise SegleakError(f"grid {grid.source}: unknown architecture {arch!r} (known: {', '.join(sorted(known))})")
+            raise check.fail("victim_archs/shadow_archs", f"unknown architecture {arch!r} (known: {', '.join(sorted(known))})")

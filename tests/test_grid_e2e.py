@@ -62,13 +62,17 @@ def smoke(tmp_path_factory):
 def test_mlflow_runs_follow_the_schema(smoke):
     results, first, _ = smoke
     models, cells = runs(results, "model"), runs(results, "attack")
-    assert len(models) == 4 and len(cells) == 15
+    # victim and adaptive shadow per training defense (none, dp_sgd), a placebo victim per training defense;
+    # cells: 4 defenses x 3 attacks, and again with the placebo victim
+    assert len(models) == 6 and len(cells) == 24
+    assert {r.data.tags["segleak.adaptive"] for r in cells} == {"true"}
     for run in models:
         assert MODEL_PARAMS <= set(run.data.params)
         assert {"miou_train", "miou_heldout"} <= set(run.data.metrics)
         assert ("dp_epsilon" in run.data.metrics) == run.data.params["train_defense"].startswith("dp_sgd")
     dp = [r for r in models if "dp_epsilon" in r.data.metrics]
-    assert len(dp) == 1 and 0 < dp[0].data.metrics["dp_epsilon"] < 100
+    assert len(dp) == 3 and all(0 < r.data.metrics["dp_epsilon"] < 100 for r in dp)
+    assert all(r.data.metrics["dp_delta"] <= 1e-5 for r in dp)
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     for run in cells:
         assert CELL_PARAMS <= set(run.data.params)
@@ -83,7 +87,9 @@ def test_mlflow_runs_follow_the_schema(smoke):
             assert "non-members" in run.data.tags[f"segleak.missing.{name}"]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"roc.png", "scores.csv"}
     placebo = [r for r in cells if r.data.params["control"] == "placebo"]
-    assert len(placebo) == 3
+    assert len(placebo) == 12
+    blind = runs(results, "blind")
+    assert len(blind) == 1 and {"blind_auc", "blind_auc_ci_low", "shift_auc"} <= set(blind[0].data.metrics)
     assert "== segleak summary ==" in first.stdout and "leaderboard:" in first.stdout
 
 
@@ -98,8 +104,10 @@ def test_scores_artifact_matches_logged_auc(smoke):
     import pandas as pd
 
     scores = pd.read_csv(path)
-    assert list(scores.columns) == ["image_id", "is_member", "score"]
-    assert scores["is_member"].sum() == run.data.metrics["n_members"] == 16
+    assert list(scores.columns) == ["image_id", "group", "is_member", "score"]
+    # overlap 0.5 of 12 shadow members: the 6 the attacker trained on are not scored
+    assert scores["is_member"].sum() == run.data.metrics["n_members"] == 10
+    assert run.data.metrics["n_excluded"] == 6 and 0 <= run.data.metrics["calibration_auc"] <= 1
     assert roc_auc_score(scores["is_member"], scores["score"]) == pytest.approx(run.data.metrics["auc"], abs=1e-6)
 
 
@@ -127,8 +135,8 @@ def test_second_invocation_recomputes_nothing(smoke):
     seconds = time.time() - started
     assert second.returncode == 0, second.stderr[-2000:]
     assert ledger(results) == before
-    assert "32 units in the plan: 32 already finished, 0 to run" in second.stdout
-    assert len(runs(results, "attack")) == 15  # the new invocation's runs are complete, from the store
+    assert "49 units in the plan: 49 already finished, 0 to run" in second.stdout
+    assert len(runs(results, "attack")) == 24  # the new invocation's runs are complete, from the store
     assert seconds < first_seconds
 
 
@@ -143,13 +151,13 @@ def test_killed_run_resumes_and_trains_every_model_once(tmp_path):
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     finished_before = Counter(e["kind"] for e in ledger(results))
-    assert finished_before["cell"] < 15  # killed mid-way
+    assert finished_before["cell"] < 24  # killed mid-way
     resumed = segleak("benchmark", "--profile", "smoke", "--results", str(results))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trained = Counter(e["key"] for e in ledger(results) if e["kind"] == "model")
-    assert len(trained) == 4 and set(trained.values()) == {1}
+    assert len(trained) == 6 and set(trained.values()) == {1}
     assert not list(results.glob("*/.tmp-*"))  # no half-written unit left behind
-    assert len(runs(results, "attack")) == 15
+    assert len(runs(results, "attack")) == 24
 
 
 def test_a_failing_unit_leaves_the_others_complete(tmp_path):
@@ -162,7 +170,8 @@ def test_a_failing_unit_leaves_the_others_complete(tmp_path):
     results = tmp_path / "r"
     run = segleak("benchmark", "--grid", str(path), "--results", str(results))
     assert run.returncode == 1
-    assert "FAILED: 3 units (1 failed, 2 skipped because of them)" in run.stdout and "loss is nan" in run.stdout
+    # the victim and its adaptive shadow both train with the absurd decay: 2 failures, 4 units downstream
+    assert "FAILED: 6 units (2 failed, 4 skipped because of them)" in run.stdout and "loss is nan" in run.stdout
     cells = runs(results, "attack")
     by_defense = {r.data.params["defense"]: r for r in cells}
     assert by_defense["weight_decay"].info.status == "FAILED"
@@ -170,6 +179,6 @@ def test_a_failing_unit_leaves_the_others_complete(tmp_path):
     assert by_defense["none"].info.status == by_defense["argmax"].info.status == "FINISHED"
     assert "auc" in by_defense["argmax"].data.metrics
     failed_models = [r for r in runs(results, "model") if r.info.status == "FAILED"]
-    assert len(failed_models) == 1 and "loss is nan" in failed_models[0].data.tags["segleak.error"]
+    assert len(failed_models) == 2 and all("loss is nan" in r.data.tags["segleak.error"] for r in failed_models)
     board = (results / "report" / "leaderboard" / "leaderboard.md").read_text()
     assert "failed" in board

@@ -1,4 +1,5 @@
-"""The plan shares work between grid cells, and its keys depend on exactly what a unit computes."""
+"""The plan shares work between grid cells, scores only what the attacker never trained on, attacks
+adaptively, runs the null checks everywhere, and keys each unit by exactly what it computes."""
 
 from __future__ import annotations
 
@@ -6,87 +7,132 @@ import dataclasses
 
 import pytest
 
+from benchmark.data.splits import ImageIndex
 from ray_jobs.plan import DataSource, build_plan
-from ray_jobs.runner import make_manifests
+from ray_jobs.sources import make_manifests
 from ray_jobs.spec import load_grid
 from ray_jobs.store import ResultStore
 
 
-def _sources(n_train: int = 200, n_val: int = 100) -> dict[str, DataSource]:
+def _sources(n_train: int = 400, n_val: int = 200) -> dict[str, DataSource]:
     sources = {}
     for name in ("cityscapes", "bdd100k"):
-        ids = tuple(f"train/{name}_{i:04d}" for i in range(n_train)) + tuple(f"val/{name}_{i:04d}" for i in range(n_val))
-        sources[name] = DataSource(name, f"/data/{name}", ids, ids[n_train:])
+        index = ImageIndex(name, {"train": tuple(f"train/{name}_{i:04d}" for i in range(n_train)),
+                                  "val": tuple(f"val/{name}_{i:04d}" for i in range(n_val))})
+        sources[name] = DataSource(name, {"type": name}, f"/data/{name}", index)
     return sources
+
+
+def _plan(grid, tmp_path):
+    sources = _sources()
+    return build_plan(grid, sources, make_manifests(grid, sources, ResultStore(tmp_path)))
 
 
 @pytest.fixture()
 def default_plan(tmp_path):
     grid = load_grid("default")
-    sources = _sources()
-    return grid, build_plan(grid, sources, make_manifests(grid, sources, ResultStore(tmp_path)))
+    return grid, _plan(grid, tmp_path)
 
 
-def test_models_are_shared_across_overlaps_defenses_and_attacks(default_plan):
+def _roles(plan, role):
+    return [u for u in plan.of_kind("model") if u.meta and u.meta.role == role]
+
+
+def test_models_are_shared_across_overlaps_output_defenses_and_attacks(default_plan):
     grid, plan = default_plan
     training = [d for d in grid.defenses if not d.output_side]
     archs = len(grid.victim_archs)
-    victims = [u for u in plan.of_kind("model") if u.meta["role"] == "victim"]
-    shadows = [u for u in plan.of_kind("model") if u.meta["role"] == "shadow"]
-    # per setting: one undefended victim + one per training-side defense (+ the placebo victim), per arch
-    assert len(victims) == len(grid.settings) * archs * (1 + len(training) + 1)
-    # dependent: one shadow per overlap; independent: one; per arch
-    assert len(shadows) == archs * (len(grid.overlaps) + 1)
+    victims = _roles(plan, "victim")
+    # per setting and arch: one victim per training-side defense (`none` included), and a placebo victim
+    # for each of them
+    n_settings = len(grid.settings)
+    assert len({(u.meta.placebo, u.config.defense["name"], str(u.config.defense["params"]), u.config.arch,
+                 u.meta.setting) for u in victims}) == len(victims)
+    assert len(victims) <= n_settings * archs * len(training) * 2
     counts = plan.counts()
-    assert counts["model"] < counts["naive_models"] / 10
-    # one attack model per (shadow, output defense seen by the shadow, attack)
-    output_side = [d for d in grid.defenses if d.output_side]
-    assert counts["attack"] == len(shadows) * len(output_side) * len(grid.attacks)
+    assert counts["model"] < counts["naive_models"] / 5
+
+
+def test_shadows_are_trained_with_the_victims_training_defense(default_plan, tmp_path):
+    grid, plan = default_plan
+    shadow_defenses = {(u.config.defense["name"], str(u.config.defense["params"])) for u in _roles(plan, "shadow")}
+    victim_defenses = {(u.config.defense["name"], str(u.config.defense["params"])) for u in _roles(plan, "victim")}
+    assert shadow_defenses == victim_defenses  # adaptive: every training defense has its shadow
+    for cell in plan.of_kind("cell"):
+        fit = plan.units[cell.config.fit]
+        shadow = plan.units[plan.units[fit.config.release].config.model]
+        victim = plan.units[cell.config.victim_model]
+        assert shadow.config.defense == victim.config.defense and cell.meta.adaptive
+        if cell.meta.defense in {d.name for d in grid.defenses if d.output_side}:
+            assert fit.config.output_defense == cell.config.output_defense  # passes through the same defense
+    naive = dataclasses.replace(grid, adaptive=False)
+    plain = _plan(naive, tmp_path / "naive")
+    assert {u.config.defense["name"] for u in _roles(plain, "shadow")} == {"none"}
+    assert all(not c.meta.adaptive for c in plain.of_kind("cell"))
+
+
+def test_cells_score_only_what_the_attacker_never_trained_on(default_plan):
+    _, plan = default_plan
+    for cell in plan.of_kind("cell"):
+        fit = plan.units[cell.config.fit]
+        shadow_release = plan.units[fit.config.release]
+        attacker_trained = set(shadow_release.config.members) | set(shadow_release.config.nonmembers)
+        victim_release = plan.units[cell.config.release]
+        queried = set(victim_release.config.members) | set(victim_release.config.nonmembers)
+        scored = set(cell.config.scored_ids)
+        assert scored <= queried and not scored & attacker_trained
+        assert scored == queried - attacker_trained
+        if cell.meta.shadow_overlap not in ("n/a", 0.0):
+            assert len(scored) < len(queried)
+
+
+def test_null_checks_run_at_every_overlap_for_every_attack(default_plan):
+    grid, plan = default_plan
+    placebo = {(c.meta.shadow_overlap, c.meta.attack_label) for c in plan.of_kind("cell") if c.meta.control == "placebo"
+               and c.meta.setting == "dependent"}
+    assert placebo == {(o, a.label) for o in grid.overlaps for a in grid.attacks}
+    blind = plan.of_kind("blind")
+    assert {(u.meta.setting, u.meta.dataset) for u in blind} == {(s.kind, s.dataset) for s in grid.settings}
 
 
 def test_every_cell_is_planned_once(default_plan):
-    grid, plan = default_plan
+    _, plan = default_plan
     cells = plan.of_kind("cell")
-    per_dependent = len(grid.overlaps) * len(grid.defenses) * len(grid.attacks) * len(grid.victim_archs)
-    per_independent = len(grid.defenses) * len(grid.attacks) * len(grid.victim_archs)
-    placebo = len(grid.settings) * len(grid.attacks) * len(grid.victim_archs)
-    assert len(cells) == per_dependent + per_independent + placebo
-    assert len({tuple(sorted((k, str(v)) for k, v in u.meta.items())) for u in cells}) == len(cells)
+    assert len({dataclasses.astuple(u.meta) for u in cells}) == len(cells)
 
 
 def test_dependencies_point_to_planned_units_of_the_previous_stage(default_plan):
     _, plan = default_plan
-    previous = {"release": {"model"}, "attack": {"release"}, "cell": {"attack", "release"}, "model": set()}
+    previous = {"release": {"model"}, "fit": {"release"}, "cell": {"fit", "release", "model"}, "model": {"model"},
+                "blind": set()}
     for unit in plan.units.values():
-        assert {plan.units[d].kind for d in unit.deps} == previous[unit.kind]
+        assert {plan.units[d].kind for d in unit.deps} <= previous[unit.kind]
+    order = {u.key: i for i, u in enumerate(plan.topological())}
+    assert all(order[d] < order[u.key] for u in plan.units.values() for d in u.deps)
 
 
 def test_keys_are_stable_and_sensitive_to_inputs(tmp_path):
     grid = load_grid("smoke")
-    sources = _sources()
-    keys = set(build_plan(grid, sources, make_manifests(grid, sources, ResultStore(tmp_path))).units)
-    again = set(build_plan(grid, sources, make_manifests(grid, sources, ResultStore(tmp_path))).units)
-    assert keys == again
+    keys = set(_plan(grid, tmp_path).units)
+    assert keys == set(_plan(grid, tmp_path).units)
     longer = dataclasses.replace(grid, train={**grid.train, "epochs": grid.train["epochs"] + 1})
-    changed = build_plan(longer, sources, make_manifests(longer, sources, ResultStore(tmp_path)))
-    model_keys = {u.key for u in changed.of_kind("model")}
-    assert not model_keys & keys  # every model retrains when its recipe changes
-    other_seed = dataclasses.replace(grid, seeds=(1,))
-    reseeded = build_plan(other_seed, sources, make_manifests(other_seed, sources, ResultStore(tmp_path)))
+    changed = _plan(longer, tmp_path)
+    assert not {u.key for u in changed.of_kind("model")} & keys  # every model retrains when its recipe changes
+    reseeded = _plan(dataclasses.replace(grid, seeds=(1,)), tmp_path)
     assert not set(reseeded.units) & keys
 
 
 def test_placebo_victim_never_trains_on_queried_images(default_plan):
     _, plan = default_plan
     for cell in plan.of_kind("cell"):
-        release = plan.units[cell.config["release"]]
-        model = plan.units[release.deps[0]]
-        queried = set(release.config["members"]) | set(release.config["nonmembers"])
-        trained = set(model.config["train_ids"])
-        if cell.meta["control"] == "placebo":
+        release = plan.units[cell.config.release]
+        model = plan.units[release.config.model]
+        queried = set(release.config.members) | set(release.config.nonmembers)
+        trained = set(model.config.train_ids)
+        if cell.meta.control == "placebo":
             assert not trained & queried
         else:
-            assert trained == set(release.config["members"]) and not trained & set(release.config["nonmembers"])
+            assert trained == set(release.config.members) and not trained & set(release.config.nonmembers)
 
 
 def test_manifests_are_written_next_to_their_digest(tmp_path):
@@ -96,3 +142,17 @@ def test_manifests_are_written_next_to_their_digest(tmp_path):
     assert len(written) == len(manifests) == 2  # the overlap's manifest and the placebo one
     for manifest in manifests.values():
         assert (tmp_path / "splits" / f"{manifest.digest()[:16]}.json").read_text() == manifest.to_json()
+
+
+def test_only_restricts_an_entry_to_some_archs_overlaps_settings_and_controls(tmp_path):
+    grid = load_grid("default")
+    base = dataclasses.replace(grid, defenses=grid.defenses[:1], attacks=grid.attacks[-1:])
+    from ray_jobs.spec import DefenseSetting, Only
+
+    dp = DefenseSetting("dp_sgd", (("max_grad_norm", 1.0), ("noise_multiplier", 1.0)),
+                        Only(victim_archs=(grid.victim_archs[0],), overlaps=(0.0,), settings=("dependent",),
+                             controls=("none",)))
+    plan = _plan(dataclasses.replace(base, defenses=base.defenses + (dp,)), tmp_path)
+    dp_cells = [c for c in plan.of_kind("cell") if c.meta.defense == "dp_sgd"]
+    assert dp_cells and {(c.meta.victim_arch, c.meta.shadow_overlap, c.meta.setting, c.meta.control)
+                         for c in dp_cells} == {(grid.victim_archs[0], 0.0, "dependent", "none")}

@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from test_grid_e2e import segleak  # the CLI in a subprocess, as a user runs it
 
 from benchmark.errors import SegleakError
+from benchmark.data.synth import SynthSpec
 from ray_jobs.plan import local_data_root, synthetic_root
 from ray_jobs.store import MARKER, ResultStore
 
@@ -144,8 +145,8 @@ def test_prepare_names_a_missing_bucket_or_an_unreachable_endpoint(bucket, monke
 
 
 def test_synthetic_roots_regenerate_identical_bytes_on_every_node(tmp_path):
-    root = synthetic_root("cityscapes", n_train=2, n_val=1, size=(32, 64), seed=3)
-    assert root == "synthetic://cityscapes?n_train=2&n_val=1&size=32x64&seed=3"
+    root = synthetic_root(SynthSpec.of("cityscapes", n_train=2, n_val=1, size=[32, 64], seed=3))
+    assert root.startswith("synthetic://cityscapes?spec=") and "n_train" in root
     one, two = local_data_root(root, tmp_path / "node1"), local_data_root(root, tmp_path / "node2")
     files = sorted(p.relative_to(one) for p in one.rglob("*.png"))
     assert len(files) == 3 * 3  # image, labelIds and trainIds of 3 samples
@@ -181,14 +182,14 @@ def test_smoke_benchmark_on_s3_end_to_end(bucket, tmp_path, monkeypatch):
     objects = _objects(store)
     models = [o for o in objects if o.startswith("model/") and o.endswith(f"/{MARKER}")]
     assert models and all(f"{o.rsplit('/', 1)[0]}/model.pt" in objects for o in models)
-    for kind in ("release", "attack", "cell"):
+    for kind in ("release", "fit", "cell", "blind"):
         assert any(o.startswith(f"{kind}/") and o.endswith(f"/{MARKER}") for o in objects)
     assert any(o.startswith("splits/") for o in objects)
     assert any(o.startswith("report/leaderboard/") for o in objects)
     assert not any(o.startswith("data/") for o in objects)  # synthetic data is regenerated, never uploaded
     before = store.ledger()
     assert sorted(e["key"] for e in before if e["kind"] == "model") == sorted(o.split("/")[1] for o in models)
-    assert len(_attack_runs(tracking_uri)) == 15
+    assert len(_attack_runs(tracking_uri)) == 24
 
     monkeypatch.setenv("SEGLEAK_CACHE", str(tmp_path / "fresh-node"))  # everything must come from the bucket
     started = time.time()
@@ -196,5 +197,5 @@ def test_smoke_benchmark_on_s3_end_to_end(bucket, tmp_path, monkeypatch):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "already finished, 0 to run" in second.stdout
     assert ResultStore(results).ledger() == before
-    assert len(_attack_runs(tracking_uri)) == 15
+    assert len(_attack_runs(tracking_uri)) == 24
     print(f"second invocation {time.time() - started:.0f} s")

@@ -1,0 +1,37 @@
+"""The MLflow schema (DESIGN.md's contract): run kinds, tag, param and metric names, in one place for the
+writer (ray_jobs.tracking and the unit kinds) and the reader (analysis.runs)."""
+
+from __future__ import annotations
+
+KIND_TAG = "segleak.kind"
+PARENT_TAG = "mlflow.parentRunId"
+# run kinds (the tag's values): a grid cell is "attack" by contract; a fitted attack model is a unit kind
+# called "fit" and has no run of its own (its figures are logged with the cells that use it)
+INVOCATION, MODEL, CELL, BLIND = "invocation", "model", "attack", "blind"
+
+UNIT_TAG = "segleak.unit"
+SETTING_TAG = "segleak.setting"
+PLACEBO_TAG = "segleak.placebo"
+ADAPTIVE_TAG = "segleak.adaptive"
+CHECKPOINT_TAG = "segleak.checkpoint"
+ERROR_TAG = "segleak.error"
+REFUSED_TAG = "segleak.refused"
+MISSING_PREFIX = "segleak.missing."
+SELECTION_TAG = "segleak.selection"
+
+CELL_PARAMS = (
+    "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",
+    "attack", "representation", "seed", "control", "attack_label", "defense_label",
+)
+CELL_METRICS = (
+    "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",
+    "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high", "balanced_accuracy",
+    "precision", "recall", "victim_miou", "n_members", "n_nonmembers", "n_groups", "n_excluded",
+    "calibration_auc", "dp_epsilon", "dp_delta",
+)
+MODEL_PARAMS = ("dataset", "arch", "role", "train_defense", "overlap", "seed", "n_train")
+MODEL_METRICS = ("miou_train", "miou_heldout", "loss_train", "loss_heldout", "dp_epsilon", "dp_delta",
+                 "dp_noise_multiplier")
+BLIND_PARAMS = ("dataset", "shadow_dataset", "setting", "seed", "overlap")
+BLIND_METRICS = ("blind_auc", "blind_auc_ci_low", "blind_auc_ci_high", "shift_auc", "shift_auc_ci_low",
+                 "shift_auc_ci_high", "n_members", "n_nonmembers", "n_groups")

@@ -1,0 +1,81 @@
+"""What a kind of work unit is, and the Ray task entry point that runs one unit.
+
+A unit is a pure function of its typed config: it reads its inputs from the store by key
+(`ResultStore.local_dir`: a download on a bucket) and writes its outputs through `ResultStore.writing`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from benchmark.errors import SegleakError
+from benchmark.registry import ComponentRegistry
+from ray_jobs.store import ResultStore
+
+if TYPE_CHECKING:
+    from ray_jobs.plan import Unit
+    from ray_jobs.tracking import Tracker
+
+UNIT_KINDS = ComponentRegistry("unit kind", scope="segleak", locations=[
+    "ray_jobs.units.model", "ray_jobs.units.release", "ray_jobs.units.fit", "ray_jobs.units.cell",
+    "ray_jobs.units.blind",
+])
+
+
+class UnitKind:
+    """One kind of unit: its config type, its resource stage, how it runs, reports and logs."""
+
+    name: ClassVar[str]
+    stage: ClassVar[str]  # the grid's `resources` key it runs with
+    config_type: ClassVar[type]
+
+    def config(self, values: dict[str, Any]) -> Any:
+        """The typed config from its JSON form (as shipped to a Ray worker and stored in the marker)."""
+        names = {f.name for f in fields(self.config_type)}
+        return self.config_type(**{k: v for k, v in values.items() if k in names})
+
+    def run(self, key: str, config: Any, store: ResultStore, num_threads: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def brief(self, summary: dict[str, Any]) -> str:
+        """The unit's figures on its progress line."""
+        return ""
+
+    def log(self, tracker: Tracker, unit: Unit, summary: dict[str, Any], store: ResultStore) -> None:
+        """MLflow logging of a finished unit (most kinds have no run of their own)."""
+
+    def log_failure(self, tracker: Tracker, unit: Unit, error: str) -> None:
+        """MLflow logging of a failed unit."""
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=float))
+    return summary
+
+
+class UnitRefused(Exception):
+    """A unit that failed on its input (a SegleakError): deterministic, so Ray must not retry it."""
+
+
+class UnitCrashed(Exception):
+    """Any other error in a unit: worth a retry (a flaky node, a transient I/O error)."""
+
+
+def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_threads: int) -> dict[str, Any]:
+    """Entry point of a Ray task: one unit, skipped if an earlier attempt already finished it."""
+    torch.set_num_threads(max(1, num_threads))
+    store = ResultStore(store_root)
+    if store.is_done(kind, key):
+        return store.read_unit(kind, key)["summary"]
+    unit_kind = UNIT_KINDS.lookup(kind)()
+    try:
+        return unit_kind.run(key, unit_kind.config(config), store, num_threads)
+    except SegleakError as exc:
+        raise UnitRefused(str(exc)) from None
+    except Exception as exc:
+        raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc
