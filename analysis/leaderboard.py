@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def to_markdown(sections: list[Section], runs: GridRuns) -> str:
     if not sections:
         out += [NO_CELLS, ""]
     for section in sections:
-        out += [f"## {section.heading}", ""] + [f"> {note}" for note in section.notes] + (["" ] if section.notes else [])
+        out += [f"## {section.heading}", ""] + [f"> {note}" for note in section.notes] + ([""] if section.notes else [])
         out += ["| " + " | ".join(section.header) + " |", "|" + "---|" * len(section.header)]
         out += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in section.rows]
         out.append("")
@@ -221,41 +222,187 @@ def to_markdown(sections: list[Section], runs: GridRuns) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin-bottom:2em;font-size:13px}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f0f0f0} td.failed{background:#fde2e2;color:#a00} td.missing{color:#999;text-align:center}
-td.pass{background:#e2f5e2;color:#060} td.fail{background:#fde2e2;color:#a00;font-weight:bold}
-b{color:#0645ad} p.legend{max-width:60em;color:#555}
+body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;background:#fff}
+h1{font-size:1.5em;margin:0 0 .3em} h2{font-size:1.1em;margin:1.6em 0 .5em}
+p.legend{max-width:70em;color:#555;margin:.4em 0}
+p.note{max-width:90em;margin:.3em 0;padding:.3em .6em;border-left:3px solid #9ab;background:#f4f7fa}
+p.note.flagged{border-left-color:#c00;background:#fdecea;font-weight:600}
+.tools{position:sticky;top:0;z-index:5;background:#fff;padding:.5em 0;border-bottom:1px solid #ddd;
+  display:flex;flex-wrap:wrap;gap:.5em 1.5em;align-items:center;font-size:13px}
+.tools input{font:inherit;padding:4px 8px;width:26em;max-width:90vw;border:1px solid #aaa;border-radius:3px}
+#count{color:#555}
+.scale{display:flex;align-items:center;gap:2px} .scale span{padding:2px 7px;border-radius:2px;border:1px solid #ccc}
+.scale .sep{margin-left:1em}
+.wrap{overflow:auto;max-height:80vh;border:1px solid #bbb;margin-bottom:1.5em;width:max-content;max-width:100%}
+table{border-collapse:separate;border-spacing:0;font-size:12px;line-height:1.35}
+th,td{border-right:1px solid #d8d8d8;border-bottom:1px solid #d8d8d8;padding:3px 7px;text-align:left;
+  vertical-align:top;white-space:nowrap}
+thead th{position:sticky;top:0;z-index:2;background:#eceff3;cursor:pointer;user-select:none;border-bottom:2px solid #999}
+thead th:hover{background:#dde3ea}
+thead th::after{content:" \\2195";color:#aaa;font-size:11px}
+thead th[aria-sort=ascending]::after{content:" \\25B2";color:#333}
+thead th[aria-sort=descending]::after{content:" \\25BC";color:#333}
+tbody td:first-child{font-weight:600}
+.key{position:sticky;left:0;z-index:1} tbody td.key{background:#fafafa} thead th.key{z-index:3}
+.key.last{box-shadow:inset -2px 0 0 #999}
+tbody tr:hover td{outline:1px solid #666;outline-offset:-1px}
+td b{color:inherit}
+td.failed,.scale .failed{background:repeating-linear-gradient(135deg,#eee 0 6px,#ddd 6px 12px);color:#7a1010}
+td.missing{color:#999;text-align:center}
+td.pass,.scale .pass{background:#d9f2d9;color:#05570a;font-weight:600}
+td.fail,.scale .fail{background:#ffd6d6;color:#a00;font-weight:bold;outline:2px solid #c00;outline-offset:-2px}
+tr[hidden]{display:none}
 """
+
+# Leakage colour scale for AUC cells: 0.5 (chance) is white, 1.0 is dark red (ColorBrewer "Reds").
+_REDS = ("#ffffff", "#fff5f0", "#fee0d2", "#fcbba1", "#fc9272", "#fb6a4a", "#ef3b2c", "#cb181d", "#a50f15")
+_AUC = re.compile(r"^AUC (\d+(?:\.\d+)?)")
+
+
+def _luminance(rgb: tuple[float, float, float]) -> float:
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in rgb)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _leak_colours(auc: float) -> tuple[str, str]:
+    """(background, text colour) for an AUC: interpolated on _REDS; AUCs at or below 0.5 are white."""
+    t = min(max((auc - 0.5) / 0.5, 0.0), 1.0) * (len(_REDS) - 1)
+    i = min(int(t), len(_REDS) - 2)
+    lo, hi = (tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for c in _REDS[i:i + 2])
+    rgb = tuple(a + (b - a) * (t - i) for a, b in zip(lo, hi))
+    background = "#" + "".join(f"{round(v):02x}" for v in rgb)
+    lum = _luminance(rgb)  # black or white text, whichever contrasts more: never below 4.5:1 on this scale
+    return background, ("#000" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "#fff")
 
 
 def _html_cell(cell: Cell) -> str:
+    """A <td>; a cell that leads with an AUC is coloured by it and sorts by it (data-v)."""
     lead = f"<b>{html.escape(cell.strong)}</b><br>" if cell.strong else ""
     body = "<br>".join(html.escape(line) for line in cell.lines)
     title = f' title="{html.escape(cell.title)}"' if cell.title else ""
+    found = _AUC.match(cell.lines[0]) if cell.state == "ok" and cell.lines else None
+    if found:
+        background, colour = _leak_colours(float(found[1]))
+        return (f'<td class="{cell.state}" style="background:{background};color:{colour}" data-v="{found[1]}"{title}>'
+                f"{lead}{body}</td>")
     return f'<td class="{cell.state}"{title}>{lead}{body}</td>'
 
 
+# Sort (click or Enter on a header; numbers first high-to-low, text A-Z; again to reverse; blanks stay last)
+# and filter (rows containing every word typed). Inline and dependency-free: the page works offline.
+_SCRIPT = """
+(function(){
+  var MISSING = '\\u2014';
+  function key(td){
+    if(!td) return null;
+    var v = td.getAttribute('data-v'), t = v !== null ? v : td.textContent.trim();
+    if(t === '' || t === MISSING) return null;
+    return /^-?\\d+(\\.\\d+)?$/.test(t) ? parseFloat(t) : t.toLowerCase();
+  }
+  function sortBy(th){
+    var table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
+    var rows = Array.prototype.slice.call(body.rows);
+    var numeric = rows.some(function(r){ return typeof key(r.cells[col]) === 'number'; });
+    var now = th.getAttribute('aria-sort');
+    var dir = now ? (now === 'ascending' ? -1 : 1) : (numeric ? -1 : 1);
+    Array.prototype.forEach.call(th.parentNode.cells, function(c){ c.removeAttribute('aria-sort'); });
+    th.setAttribute('aria-sort', dir === 1 ? 'ascending' : 'descending');
+    rows.sort(function(a, b){
+      var x = key(a.cells[col]), y = key(b.cells[col]);
+      if(x === null || y === null) return (x === null) - (y === null);
+      if(typeof x !== typeof y) return typeof x === 'number' ? -1 : 1;
+      return dir * (typeof x === 'number' ? x - y : x.localeCompare(y));
+    });
+    rows.forEach(function(r){ body.appendChild(r); });
+  }
+  document.querySelectorAll('thead th').forEach(function(th){
+    th.tabIndex = 0;
+    th.title = 'sort by this column (click again to reverse)';
+    th.addEventListener('click', function(){ sortBy(th); });
+    th.addEventListener('keydown', function(e){
+      if(e.key === 'Enter' || e.key === ' '){ e.preventDefault(); sortBy(th); }
+    });
+  });
+  var box = document.getElementById('filter'), count = document.getElementById('count');
+  function filter(){
+    var words = box.value.toLowerCase().split(/\\s+/).filter(Boolean), shown = 0, total = 0;
+    document.querySelectorAll('tbody tr').forEach(function(tr){
+      var text = tr.textContent.toLowerCase();
+      var keep = words.every(function(w){ return text.indexOf(w) >= 0; });
+      tr.hidden = !keep; total += 1; shown += keep ? 1 : 0;
+    });
+    count.textContent = words.length ? shown + ' of ' + total + ' rows' : '';
+  }
+  box.addEventListener('input', function(){ filter(); pin(); });
+  // Keep a table's row keys in view while it scrolls sideways: the columns left of its first AUC column
+  // (the first column where a table has none), pinned at their current widths; nothing for a table that fits.
+  function pin(){
+    document.querySelectorAll('.wrap table').forEach(function(table){
+      var head = table.tHead.rows[0], rows = Array.prototype.slice.call(table.tBodies[0].rows), keys = 0;
+      table.querySelectorAll('.key').forEach(function(c){ c.classList.remove('key', 'last'); c.style.left = ''; });
+      var wrap = table.parentNode;
+      if(wrap.scrollWidth <= wrap.clientWidth + 1) return;
+      rows.forEach(function(r){
+        var i = Array.prototype.findIndex.call(r.cells, function(c){ return c.hasAttribute('data-v'); });
+        if(i > 0 && (keys === 0 || i < keys)) keys = i;
+      });
+      keys = keys || 1;
+      var left = 0;
+      for(var i = 0; i < keys && i < head.cells.length; i++){
+        var cells = [head.cells[i]].concat(rows.map(function(r){ return r.cells[i]; }));
+        cells.forEach(function(c){
+          if(!c) return;
+          c.classList.add('key'); c.classList.toggle('last', i === keys - 1); c.style.left = left + 'px';
+        });
+        left += head.cells[i].getBoundingClientRect().width;
+      }
+    });
+  }
+  window.addEventListener('resize', pin);
+  filter();
+  pin();
+})();
+"""
+
+
+def _scale_html() -> str:
+    """The colour key: AUC swatches from 0.5 to 1.0, then the placebo and failure styles."""
+    swatches = []
+    for auc in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        background, colour = _leak_colours(auc)
+        swatches.append(f'<span style="background:{background};color:{colour}">{auc:.1f}</span>')
+    return ('<div class="scale">AUC&nbsp;' + "".join(swatches)
+            + '<span class="pass sep">✓ pass</span><span class="fail">✗ FAIL</span>'
+            + '<span class="failed sep">failed</span></div>')
+
+
 def to_html(sections: list[Section], runs: GridRuns) -> str:
-    """One page with inline CSS and no external assets; hover a cell for other attacks and errors."""
+    """One self-contained page (inline CSS and script, no external assets): AUC cells coloured by leakage,
+    headers that stay in view and sort on click, a filter box; wide tables scroll inside their section."""
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>segleak leaderboard: {html.escape(runs.experiment)}</title><style>{_CSS}</style></head><body>",
         f"<h1>segleak leaderboard: {html.escape(runs.experiment)}</h1>",
         f"<p>Invocation run <code>{html.escape(runs.parent_run_id)}</code>.</p>",
-        f'<p class="legend">{html.escape(LEGEND)} Hover a cell for the other attacks and any error.</p>',
+        f'<p class="legend">{html.escape(LEGEND)} Hover a cell for the other attacks and any error; '
+        "click a column header to sort by it.</p>",
+        '<div class="tools"><label>Filter rows <input id="filter" type="search" '
+        'placeholder="e.g. pspnet 0.5" autocomplete="off"></label><span id="count"></span>'
+        f"{_scale_html()}</div>",
     ]
     if not sections:
         parts.append(f"<p>{NO_CELLS}</p>")
     for section in sections:
         parts.append(f"<h2>{html.escape(section.heading)}</h2>")
-        parts += [f'<p class="note">{html.escape(note)}</p>' for note in section.notes]
-        parts.append("<table><thead><tr>")
-        parts += [f"<th>{html.escape(h)}</th>" for h in section.header]
+        parts += [f'<p class="note{" flagged" if "FLAGGED" in note else ""}">{html.escape(note)}</p>'
+                  for note in section.notes]
+        parts.append('<div class="wrap"><table><thead><tr>')
+        parts += [f'<th scope="col">{html.escape(h)}</th>' for h in section.header]
         parts.append("</tr></thead><tbody>")
         parts += ["<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in section.rows]
-        parts.append("</tbody></table>")
+        parts.append("</tbody></table></div>")
+    parts.append(f"<script>{_SCRIPT}</script>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -2,24 +2,30 @@
 
 The server runs in its own process group and is stopped by signalling the whole group, because stopping
 only its PID leaves worker children behind (STACK_NOTES.md). The job runner is disabled for the same reason.
+A stop signal that arrives while the server is being spawned is held until its process is recorded, so the
+caller's handler can always stop it. Messages show the store URI with its password masked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from benchmark.errors import SegleakError
+from benchmark.redact import redact
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def free_port(host: str = HOST) -> int:
@@ -45,6 +52,27 @@ def port_in_use(port: int, host: str = HOST) -> bool:
         except OSError:
             return True
     return False
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP for the block, then deliver the first one that came to the previous handler.
+
+    Popen runs Python code after forking; a handler raising there would lose the child's PID and leave the
+    server running. Only the main thread can set handlers; elsewhere the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def default_artifacts(backend_store_uri: str) -> Path:
@@ -76,22 +104,31 @@ class TrackingServer:
         ]
 
     def start(self) -> TrackingServer:
-        """Start the server and wait for /health; a server that dies or never answers raises SegleakError."""
+        """Start the server and wait for /health; a server that dies or never answers raises SegleakError.
+
+        Whatever ends the wait early (an error, Ctrl-C, a signal handler's exception) stops the server's group
+        first: `with` calls stop() only once start() has returned.
+        """
         if port_in_use(self.port):
             raise SegleakError(f"port {self.port} on {HOST} is in use: choose another with --port")
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SegleakError(f"mlflow server for {self.backend_store_uri} exited with {self.process.returncode}: {self.log_tail()}")
-            if self.healthy():
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise SegleakError(f"mlflow server for {self.backend_store_uri} did not answer on {self.url} within "
-                           f"{self.start_timeout_s:.0f} s: {self.log_tail()}")
+        try:
+            with _stop_signals_held():
+                self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
+            deadline = time.monotonic() + self.start_timeout_s
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise SegleakError(f"mlflow server for {redact(self.backend_store_uri)} exited with "
+                                       f"{self.process.returncode}: {self.log_tail()}")
+                if self.healthy():
+                    return self
+                time.sleep(0.5)
+            raise SegleakError(f"mlflow server for {redact(self.backend_store_uri)} did not answer on {self.url} within "
+                               f"{self.start_timeout_s:.0f} s: {self.log_tail()}")
+        except BaseException:
+            self.stop()
+            raise
 
     def healthy(self) -> bool:
         try:
@@ -101,8 +138,11 @@ class TrackingServer:
             return False
 
     def log_tail(self, chars: int = 2000) -> str:
+        """The end of the server's output, URI passwords masked ('' once stopped)."""
+        if self._log.closed:
+            return ""
         self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-chars:].strip()
+        return redact(self._log.read().decode(errors="replace")[-chars:].strip())
 
     def group_alive(self) -> bool:
         """Whether any process of the server's process group is still running."""
@@ -119,17 +159,18 @@ class TrackingServer:
         """SIGTERM the whole process group, SIGKILL whatever is left after STOP_TIMEOUT_S."""
         if self.process is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while self.group_alive() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if not self.group_alive():
-                break
-        self._log.close()
+        with _stop_signals_held():  # a second Ctrl-C waits until the group is gone
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    break
+                deadline = time.monotonic() + STOP_TIMEOUT_S
+                while self.group_alive() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if not self.group_alive():
+                    break
+            self._log.close()
 
     def wait(self) -> int:
         """Block until the server exits by itself (used by `segleak ui`)."""

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from benchmark.data.adapters import DatasetAdapter, get_adapter
+from benchmark.progress import progress
 
-PROGRESS_MIN_FILES = 500  # show a progress bar (on stderr) only for trees at least this large
+PROGRESS_MIN_FILES = 500  # show progress (on stderr: a bar on a terminal, plain lines in a log) only from this size
 
 # Problem classes, in report order, with the sentence that explains each.
 PROBLEMS = {
@@ -116,9 +116,9 @@ def check_dataset(dataset: str | dict, root: Path) -> CheckReport:
 
 def _check_pairs(adapter: DatasetAdapter, pairs: list[tuple[Path, Path]], report: CheckReport) -> None:
     allowed = adapter.allowed_raw_values()
-    progress = tqdm(pairs, desc=f"checking {adapter.name}", unit="pair", file=sys.stderr,
-                    disable=2 * len(pairs) < PROGRESS_MIN_FILES)
-    for image_path, label_path in progress:
+    shown = progress(pairs, desc=f"checking {adapter.name}", unit="pair", stream=sys.stderr,
+                     disable=2 * len(pairs) < PROGRESS_MIN_FILES)
+    for image_path, label_path in shown:
         image, label = _decode(image_path), _decode(label_path)
         for path, decoded in ((image_path, image), (label_path, label)):
             if decoded is None:

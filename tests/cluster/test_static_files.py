@@ -89,6 +89,111 @@ def test_compose_services_and_files() -> None:
     assert used <= env_keys, f"variables missing from tracking.env.example: {used - env_keys}"
 
 
+_SECRET = re.compile(r"PASSWORD|SECRET|MC_HOST_")
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Docker Compose variable interpolation (${V}, ${V:-d}, ${V-d}, ${V:?e}, ${V?e}, $$); ValueError where ? fails."""
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"] or "", match["arg"] or ""
+        value = env.get(name)
+        if op in (":-", "-"):
+            return value if value or (op == "-" and value is not None) else arg
+        if op in (":?", "?") and (value is None or (op == ":?" and not value)):
+            raise ValueError(f"{name}: {arg}")
+        return value or ""
+    pattern = r"(?<!\$)\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    return re.sub(pattern, one, text).replace("$$", "$")
+
+
+def _example_env() -> dict[str, str]:
+    lines = (COMPOSE.parent / "tracking.env.example").read_text().splitlines()
+    return dict(l.split("=", 1) for l in lines if "=" in l and not l.lstrip().startswith("#"))
+
+
+def _published(env: dict[str, str]) -> list[tuple[str, str]]:
+    """(service, host address) of every published port, after interpolation with `env`."""
+    out = []
+    for name, svc in yaml.safe_load(COMPOSE.read_text())["services"].items():
+        assert svc.get("network_mode") != "host", f"{name}: host networking publishes every port"
+        for port in svc.get("ports", []):
+            if isinstance(port, dict):  # long syntax
+                out.append((name, _interpolate(str(port.get("host_ip", "")), env)))
+                continue
+            parts = _interpolate(str(port), env).split(":")
+            out.append((name, parts[0] if len(parts) == 3 else ""))  # HOST:PUBLISHED:TARGET, else all interfaces
+    return out
+
+
+def test_compose_publishes_ports_on_loopback_unless_an_address_is_named() -> None:
+    """Every published port names a host address: 127.0.0.1 by default, the operator's SEGLEAK_BIND if set."""
+    published = _published({})
+    assert published and {addr for _, addr in published} == {"127.0.0.1"}, published
+    chosen = _published({"SEGLEAK_BIND": "10.0.0.5"})
+    assert dict(chosen)["mlflow"] == "10.0.0.5"
+    assert {addr for name, addr in chosen if name == "minio"} == {"10.0.0.5", "127.0.0.1"}  # the console stays local
+    example = _example_env()
+    assert example.get("SEGLEAK_BIND") == "127.0.0.1" and {a for _, a in _published(example)} == {"127.0.0.1"}
+
+
+def test_compose_refuses_to_start_without_passwords() -> None:
+    """Every secret comes from ${VAR:?message}; the example ships no placeholder password that would pass."""
+    text = COMPOSE.read_text()
+    compose = yaml.safe_load(text)
+    references = re.findall(r"(?<!\$)\$\{(\w+)([^}]*)\}", text)
+    secret_refs = [(name, rest) for name, rest in references if _SECRET.search(name)]
+    assert secret_refs, "no password in the compose file at all?"
+    for name, rest in secret_refs:
+        assert rest.startswith(":?") and len(rest) > 2, f"${{{name}{rest}}}: a password must be ${{{name}:?message}}"
+    for name, svc in compose["services"].items():
+        assert "env_file" not in svc, f"{name}: env_file hands every secret to every container; list what it needs"
+        for key, value in (svc.get("environment") or {}).items():
+            if _SECRET.search(key):
+                assert re.search(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}.{key} = {value!r}"
+    example = _example_env()
+    secrets = {k: v for k, v in example.items() if _SECRET.search(k)}
+    assert secrets and all(v.strip() == "" for v in secrets.values()), f"placeholder passwords in the example: {secrets}"
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD|MINIO_ROOT_PASSWORD"):
+        _interpolate(text, example)  # copied without editing: compose stops with the message
+    filled = {**example, "POSTGRES_PASSWORD": "a" * 32, "MINIO_ROOT_PASSWORD": "b" * 32}
+    assert "a" * 32 in _interpolate(text, filled)
+
+
+def test_compose_keeps_passwords_off_command_lines() -> None:
+    """No command, entrypoint or healthcheck carries a password (the host's `ps` shows every process's argv)."""
+    filled = {**_example_env(), "POSTGRES_PASSWORD": "pg-secret-value", "MINIO_ROOT_PASSWORD": "minio-secret-value"}
+    compose = yaml.safe_load(COMPOSE.read_text())
+    for name, svc in compose["services"].items():
+        for field in ("command", "entrypoint"):
+            value = svc.get(field) or []
+            argv = " ".join(value) if isinstance(value, list) else str(value)
+            argv += " " + " ".join(map(str, (svc.get("healthcheck") or {}).get("test", [])))
+            assert not re.search(r"\$\{?\$?\{?\w*(PASSWORD|SECRET)", argv), f"{name}.{field} names a secret: {argv}"
+            expanded = _interpolate(argv, filled)
+            assert "secret-value" not in expanded, f"{name}.{field}: {expanded}"
+            assert not re.search(r"://[^\s/@:]+:[^\s/@]+@", expanded), f"{name}.{field} has credentials in a URI"
+    mlflow_cmd = _interpolate(" ".join(compose["services"]["mlflow"]["command"]), filled)
+    assert "--backend-store-uri=postgresql+psycopg2://mlflow@postgres:5432/mlflow" in mlflow_cmd
+    assert "PGPASSWORD" in compose["services"]["mlflow"]["environment"]  # libpq's own variable
+
+
+def _host_patterns(value: str) -> list[str]:
+    return [h.strip() for h in value.split(",") if h.strip()]
+
+
+def test_allowed_hosts_are_names_not_wildcards() -> None:
+    """MLFLOW_ALLOWED_HOSTS (example and default) lists hosts; only a port may be a wildcard."""
+    default = re.search(r"--allowed-hosts=\$\{MLFLOW_ALLOWED_HOSTS:-([^}]*)\}", COMPOSE.read_text())
+    assert default, "the compose file should default MLFLOW_ALLOWED_HOSTS to loopback names"
+    example = _example_env()["MLFLOW_ALLOWED_HOSTS"]
+    commented = re.findall(r"#\s*MLFLOW_ALLOWED_HOSTS=(\S+)", (COMPOSE.parent / "tracking.env.example").read_text())
+    for value in (default[1], example, *commented):
+        for pattern in _host_patterns(value):
+            host = pattern.rsplit(":", 1)[0] if re.search(r":(\d+|\*)$", pattern) else pattern
+            assert "*" not in host and "?" not in host, f"{pattern!r} in {value!r}: a wildcard over hosts"
+    assert set(_host_patterns(example)) <= {"localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*"}
+
+
 def test_kuberay_manifest() -> None:
     docs = {d["kind"]: d for d in yaml.safe_load_all(KUBERAY.read_text())}
     cluster = docs["RayCluster"]

@@ -1,0 +1,89 @@
+"""Progress that reads well both in a terminal and in a log file.
+
+On a terminal, `progress()` is a tqdm bar. Anywhere else (a pipe, a file, a CI log, a Ray job's output) a
+bar's carriage-return redraws pile up into hundreds of frames, so it prints plain lines instead: one each
+time another 10% is done or 30 s have passed, whichever comes first, and one final line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TypeVar
+
+T = TypeVar("T")
+
+LINE_STEPS = 10  # a line each time another 1/LINE_STEPS of the total is done
+LINE_EVERY_S = 30.0
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", stream: IO[str] | None = None,
+             disable: bool = False, clock: Callable[[], float] = time.monotonic) -> Iterator[T]:
+    """Yield from `iterable`, showing progress on `stream` (default: sys.stderr at call time).
+
+    `total` defaults to len(iterable) when it has one; without a total, plain lines come every 30 s only.
+    `disable` yields silently (for work too small to be worth a line). `clock` is for tests.
+    """
+    stream = sys.stderr if stream is None else stream
+    if total is None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    if disable:
+        return iter(iterable)
+    if _isatty(stream):
+        from tqdm import tqdm
+
+        return iter(tqdm(iterable, desc=desc, total=total, unit=unit, file=stream))
+    return _lines(iterable, desc, total, unit, stream, clock)
+
+
+def _rate(done: int, elapsed: float, unit: str) -> str:
+    if done == 0 or elapsed <= 0:
+        return f"- {unit}/s"
+    per_s = done / elapsed
+    return f"{per_s:.1f} {unit}/s" if per_s >= 1 else f"{elapsed / done:.1f} s/{unit}"
+
+
+def _lines(iterable: Iterable[T], desc: str, total: int | None, unit: str, stream: IO[str],
+           clock: Callable[[], float]) -> Iterator[T]:
+    start = last_time = clock()
+    done = 0
+    next_step = 1  # the next multiple of total/LINE_STEPS that earns a line
+    completed = False
+
+    def emit(text: str) -> None:
+        print(f"{desc}: {text}", file=stream, flush=True)
+
+    try:
+        for item in iterable:
+            yield item
+            done += 1
+            if total is not None and done >= total:
+                continue  # the final line says it
+            now = clock()
+            step_due = bool(total) and done * LINE_STEPS >= next_step * total
+            if step_due or now - last_time >= LINE_EVERY_S:
+                elapsed = now - start
+                if total:
+                    left = (total - done) * elapsed / done
+                    emit(f"{done}/{total} {unit} ({100 * done / total:.0f}%), {elapsed:.0f} s, "
+                         f"{_rate(done, elapsed, unit)}, ~{left:.0f} s left")
+                    next_step = done * LINE_STEPS // total + 1
+                else:
+                    emit(f"{done} {unit}, {elapsed:.0f} s, {_rate(done, elapsed, unit)}")
+                last_time = now
+        completed = True
+    finally:
+        elapsed = clock() - start
+        count = f"{done}/{total}" if total is not None else f"{done}"
+        emit(f"{count} {unit} {'done' if completed else 'stopped'} in {elapsed:.1f} s ({_rate(done, elapsed, unit)})")
