@@ -188,7 +188,7 @@ def run(archs: list[str], quick: bool, budget_s: float, out: Path, log: Callable
     }
     runner = Runner(budget, device, out, result, log, quick)
     templates = {}
-    variant_reserve = 0.0 if quick else 90.0  # DP, attack and loader still to come
+    variant_reserve = 0.0 if quick else 75.0  # DP (~15 s an arch), attack and loader still to come
 
     # 1. per architecture: bf16 training (autotuned, deterministic) and release
     for arch in archs:
