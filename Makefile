@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install benchmark test test-fast ui leaderboard plots bench docker cluster-test clean
+.PHONY: install benchmark test test-fast ui leaderboard plots bench gpu-check docker cluster-test clean
 
 install: $(STAMP)
 
@@ -60,6 +60,10 @@ cluster-test: install
 # THP as in the Ray workers (ray_jobs/runner.py), so the figures measure the allocator the grid runs with
 bench: install
 	THP_MEM_ALLOC_ENABLE=1 $(PY) -m ray_jobs.perf --out $(RESULTS)/bench.json
+
+# throughput / memory / MFU of the paper archs on one GPU (<= 8 min); QUICK=1: tiny sizes on the CPU (< 2 min)
+gpu-check: install
+	$(PY) -m ray_jobs.gpu_check $(if $(filter 1 yes true,$(QUICK)),--quick) --out $(RESULTS)/gpu-check.json
 
 docker:
 	docker build -f docker/Dockerfile -t segleak:gpu .
