@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import AUC_CHANCE, SELECTION_RULE, aggregate
+from analysis.aggregate import SELECTION_RULE, aggregate
 from analysis.runs import GridRuns, load_runs
 
 MISSING = "—"
@@ -165,9 +165,11 @@ def _victims_section(models: pd.DataFrame) -> Section:
     return section
 
 
-def _interval(row: pd.Series, prefix: str) -> str:
-    return (f"{row[f'{prefix}_auc']:.3f} [{row[f'{prefix}_auc_ci_low']:.3f}, {row[f'{prefix}_auc_ci_high']:.3f}]"
-            if not math.isnan(row[f"{prefix}_auc"]) else MISSING)
+def _shift(row: pd.Series) -> str:
+    if math.isnan(row["shift_auc"]):
+        return f"{MISSING} (too few groups to cross-fit)"
+    return (f"{row['shift_auc']:.3f} (permutation null {row['shift_null_low']:.3f} to {row['shift_null_high']:.3f}, "
+            f"p = {row['shift_p_value']:.2f})")
 
 
 def blind_notes(blind: pd.DataFrame, setting_key: tuple) -> list[str]:
@@ -177,10 +179,10 @@ def blind_notes(blind: pd.DataFrame, setting_key: tuple) -> list[str]:
     notes = []
     for _, row in rows.sort_values("seed").iterrows():
         flag = ("FLAGGED: members and non-members differ without any model; attack AUCs here mix membership "
-                "with that shift" if row["flagged"] else f"both intervals contain {AUC_CHANCE}")
-        notes.append(f"Blind baseline (seed {row['seed']}, no model queried): shadow-fitted AUC "
-                     f"{_interval(row, 'blind')}; cross-fitted shift test AUC {_interval(row, 'shift')}; "
-                     f"{_count(row['n_groups'])} groups. {flag}.")
+                "with that shift" if row["flagged"] else "no shift detected")
+        notes.append(f"Blind baseline (seed {row['seed']:.0f}, no model queried): shadow-fitted AUC "
+                     f"{row['blind_auc']:.3f} [{row['blind_auc_ci_low']:.3f}, {row['blind_auc_ci_high']:.3f}]; "
+                     f"cross-fitted shift test AUC {_shift(row)}; {_count(row['n_groups'])} groups. {flag}.")
     return notes
 
 

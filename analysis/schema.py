@@ -33,5 +33,5 @@ MODEL_PARAMS = ("dataset", "arch", "role", "train_defense", "overlap", "seed", "
 MODEL_METRICS = ("miou_train", "miou_heldout", "loss_train", "loss_heldout", "dp_epsilon", "dp_delta",
                  "dp_noise_multiplier")
 BLIND_PARAMS = ("dataset", "shadow_dataset", "setting", "seed", "overlap")
-BLIND_METRICS = ("blind_auc", "blind_auc_ci_low", "blind_auc_ci_high", "shift_auc", "shift_auc_ci_low",
-                 "shift_auc_ci_high", "n_members", "n_nonmembers", "n_groups")
+BLIND_METRICS = ("blind_auc", "blind_auc_ci_low", "blind_auc_ci_high", "shift_auc", "shift_null_low",
+                 "shift_null_high", "shift_p_value", "n_members", "n_nonmembers", "n_groups")

@@ -1,6 +1,6 @@
 """The benchmark measures what it claims, end to end on the embedded synthetic data (issues 4 and 11):
-an overfit tiny victim leaks (the SLM and loss attacks' AUC intervals lie above 0.5), the argmax defense
-lowers the leakage, and the null checks hold where the first version failed them: at shadow overlap 1.0,
+an overfit tiny victim leaks (the SLM and loss attacks' AUC intervals lie above 0.5), even through argmax,
+and the null checks hold where the first version failed them: at shadow overlap 1.0,
 where every shadow member is a victim member, a placebo victim (it never saw the 'members') gives AUC
 intervals containing 0.5 for every attack and representation, concatenation and posterior included (they
 read 0.90 and 0.86 when the attack was scored on its own training images), and so does the blind baseline.
@@ -60,9 +60,13 @@ def test_overfit_victim_leaks(cells):
         assert metrics["n_members"] == 40 and metrics["n_excluded"] == 40  # the shadow's 40 are not scored
 
 
-def test_argmax_lowers_leakage(cells):
+def test_argmax_keeps_utility_and_does_not_protect_an_overfit_victim(cells):
+    """Argmax releases only the top-1 map, so the victim's mIoU is unchanged; but an overfit victim's members
+    are the images it labels (nearly) perfectly, so the label-only attacks still separate them."""
     for attack in ("patch/slm", "loss_threshold"):
-        assert cells[(attack, "argmax", "none")]["auc"] < cells[(attack, "none", "none")]["auc"]
+        defended, plain = cells[(attack, "argmax", "none")], cells[(attack, "none", "none")]
+        assert defended["victim_miou"] == pytest.approx(plain["victim_miou"])
+        assert defended["auc_ci_low"] > 0.5
 
 
 @pytest.mark.parametrize("attack", ["patch/slm", "patch/concat", "patch/posterior", "loss_threshold"])
@@ -75,6 +79,6 @@ def test_placebo_interval_contains_chance_at_full_overlap(cells, attack, defense
 def test_blind_baseline_contains_chance(runs):
     (blind,) = runs["blind"]
     metrics = blind.data.metrics
-    for prefix in ("blind", "shift"):
-        assert metrics[f"{prefix}_auc_ci_low"] <= 0.5 <= metrics[f"{prefix}_auc_ci_high"], (prefix, metrics)
+    assert metrics["blind_auc_ci_low"] <= 0.5 <= metrics["blind_auc_ci_high"], metrics
+    assert metrics["shift_p_value"] > 0.05, metrics  # i.i.d. members and non-members: no shift
     assert blind.data.tags["segleak.flagged"] == "false"

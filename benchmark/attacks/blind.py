@@ -10,8 +10,12 @@ Such a baseline measures the shift, not membership. Two figures per setting:
   whole groups, each image scored by a classifier that never saw it or its group. It catches a shift that
   exists only in the victim's split (Cityscapes train vs val cities), which the first cannot see. It uses
   the victim's membership labels, so it is a diagnostic of the data only: nothing is chosen with it.
+  Cross-fitted AUCs are biased below 0.5 when there is no shift (holding a fold out tilts the training
+  folds the other way), so its reference is not 0.5 but a permutation null: the same cross-fitting with the
+  membership labels shuffled between groups; the p-value is the share of null AUCs at or above the observed.
 
-Either interval excluding 0.5 flags the setting: there, attack AUCs mix membership with the shift.
+The setting is flagged when the blind AUC's interval lies above 0.5 or the shift test's p-value is below
+0.05: there, attack AUCs mix membership with the shift.
 Features are size-invariant summaries of the image and its label map (class frequencies, colour
 statistics, texture); the classifier is an L2-regularised logistic regression on standardised features.
 """
@@ -29,6 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from benchmark.data.adapters import DatasetAdapter, Sample
 
 MAX_FOLDS = 5
+N_PERMUTATIONS = 100
 
 
 def image_features(image: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
@@ -69,3 +74,30 @@ def cross_fitted_scores(x: np.ndarray, is_member: np.ndarray, groups: Sequence[s
     for train, test in folds.split(x, is_member, codes):
         scores[test] = _classifier().fit(x[train], is_member[train]).decision_function(x[test])
     return scores
+
+
+def shift_test(x: np.ndarray, is_member: np.ndarray, groups: Sequence[str], seed: int,
+               n_permutations: int = N_PERMUTATIONS) -> dict[str, float] | None:
+    """The cross-fitted two-sample AUC, its permutation null (membership shuffled between whole groups) as a
+    2.5-97.5% range, and the one-sided p-value; None when there are too few groups of a class to fold."""
+    from benchmark.metrics.membership import membership_metrics
+
+    observed = cross_fitted_scores(x, is_member, groups, seed)
+    if observed is None:
+        return None
+    auc = membership_metrics(observed, is_member, n_bootstrap=0)["auc"]
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1]
+    group_member = np.zeros(codes.max() + 1, bool)
+    group_member[codes[is_member]] = True  # groups are pure under a group split; else the majority is close
+    rng = np.random.default_rng([seed, 11])
+    null = []
+    for i in range(n_permutations):
+        shuffled = rng.permutation(group_member)[codes]
+        if shuffled.all() or not shuffled.any():
+            continue
+        scores = cross_fitted_scores(x, shuffled, groups, seed + i + 1)
+        if scores is not None:
+            null.append(membership_metrics(scores, shuffled, n_bootstrap=0)["auc"])
+    null_arr = np.asarray(null)
+    return {"auc": auc, "null_low": float(np.percentile(null_arr, 2.5)), "null_high": float(np.percentile(null_arr, 97.5)),
+            "p_value": float((1 + (null_arr >= auc).sum()) / (1 + len(null_arr)))}
