@@ -15,7 +15,7 @@ from typing import Any, Callable
 import ray
 
 from ray_jobs.plan import Plan, Unit
-from ray_jobs.store import ResultStore
+from ray_jobs.store import DamagedUnit, ResultStore
 from ray_jobs.units import UnitCrashed, UnitRefused, execute
 
 STAGE_OF_KIND = {"model": "train", "release": "release", "attack": "attack", "cell": "cell"}
@@ -56,25 +56,38 @@ class Scheduler:
             # Ray retries crashed workers and unexpected errors, not a unit refusing its input (it would again)
             num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=self.retries, retry_exceptions=[UnitCrashed],
             name=f"segleak-{unit.kind}",
-        ).remote(unit.kind, unit.key, unit.config, str(self.store.root), threads)
+        ).remote(unit.kind, unit.key, unit.config, str(self.store.root), threads, self.store.invocation)
 
     def _print(self, n_finished: int, total: int, mark: str, unit: Unit, detail: str) -> None:
         print(f"[{n_finished:>4}/{total}] {mark} {unit.kind:<7} {unit.label}  {detail}", file=self.stream, flush=True)
+
+    def _damaged(self, exc: DamagedUnit, prefix: str = "") -> None:
+        """One line naming a damaged unit's file and why; the unit has been moved aside to be recomputed."""
+        where = f"; moved aside to {exc.moved_to}" if exc.moved_to else ""
+        print(f"{prefix}damaged {exc.kind} {exc.key}: {exc.reason}{where}; recomputing it", file=self.stream, flush=True)
 
     def run(self) -> Outcome:
         outcome = Outcome()
         units = self.plan.topological()
         total = len(units)
         for unit in units:
-            if self.store.is_done(unit.kind, unit.key):
-                outcome.cached.add(unit.key)
-                outcome.done[unit.key] = self.store.read_unit(unit.kind, unit.key)["summary"]
+            try:
+                if self.store.is_done(unit.kind, unit.key):
+                    outcome.done[unit.key] = self.store.read_unit(unit.kind, unit.key)["summary"]
+                    self.on_done(unit, outcome.done[unit.key])  # reading a finished unit checks its files
+                    outcome.cached.add(unit.key)
+                    continue
+                reason = self.store.verify(unit.kind, unit.key, deep=False)
+                if reason:  # found damaged by the cheap check: set aside now, recomputed below
+                    self._damaged(DamagedUnit(unit.kind, unit.key, reason, self.store.set_aside(unit.kind, unit.key)))
+            except DamagedUnit as exc:
+                self._damaged(exc)
+            outcome.done.pop(unit.key, None)
         print(f"{total} units in the plan: {len(outcome.cached)} already finished, {total - len(outcome.cached)} to run",
               file=self.stream, flush=True)
-        for unit in units:
-            if unit.key in outcome.cached:
-                self.on_done(unit, outcome.done[unit.key])
         waiting = [u for u in units if u.key not in outcome.cached]
+        damage_retried: set[str] = set()  # units retried once after an input of theirs was found damaged
+        reported = set(outcome.cached)
         in_flight: dict[ray.ObjectRef, Unit] = {}
         finished = len(outcome.cached)
         while waiting or in_flight:
@@ -102,6 +115,20 @@ class Scheduler:
                 try:
                     summary = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a failed unit is reported, not fatal
+                    damaged = getattr(exc, "cause", None) or exc
+                    if isinstance(damaged, DamagedUnit) and unit.key not in damage_retried and damaged.key in self.plan.units:
+                        # an input went bad after it was finished: recompute it, then retry this unit (once)
+                        damage_retried.add(unit.key)
+                        finished -= 1
+                        self._damaged(damaged, prefix=f"[{finished:>4}/{total}] ! {unit.kind:<7} {unit.label}  input ")
+                        if damaged.key in outcome.done:
+                            outcome.done.pop(damaged.key)
+                            outcome.cached.discard(damaged.key)
+                            finished -= 1
+                        pending = {u.key for u in waiting} | {u.key for u in in_flight.values()}
+                        for redo in {damaged.key, unit.key} - pending:
+                            waiting.append(self.plan.units[redo])
+                        continue
                     error = _one_line(exc)
                     outcome.failed[unit.key] = error
                     refused = isinstance(getattr(exc, "cause", exc), UnitRefused)
@@ -113,7 +140,9 @@ class Scheduler:
                 outcome.compute_seconds += seconds
                 outcome.done[unit.key] = summary
                 self._print(finished, total, "+", unit, _brief(unit, summary, seconds))
-                self.on_done(unit, summary)
+                if unit.key not in reported:  # a unit recomputed because it was damaged is logged once
+                    reported.add(unit.key)
+                    self.on_done(unit, summary)
         return outcome
 
 

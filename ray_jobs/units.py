@@ -25,7 +25,7 @@ from benchmark.metrics.segmentation import confusion_matrix, miou
 from benchmark.models.release import Released, defend, load_released, release_outputs, save_released
 from benchmark.models.train import TrainConfig, train_model
 from ray_jobs.plan import local_data_root
-from ray_jobs.store import ResultStore
+from ray_jobs.store import DamagedUnit, ResultStore
 
 OUTPUTS = "outputs.npz"
 STATISTICS = {"loss_threshold": (mean_pixel_loss, LossThresholdAttack), "pixel_accuracy": (pixel_accuracy, PixelAccuracyThresholdAttack)}
@@ -159,15 +159,22 @@ class UnitCrashed(Exception):
     """Any other error in a unit: worth a retry (a flaky node, a transient I/O error)."""
 
 
-def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_threads: int) -> dict[str, Any]:
-    """Entry point of a Ray task: one unit, skipped if an earlier attempt already finished it."""
+def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_threads: int,
+            invocation: str | None = None) -> dict[str, Any]:
+    """Entry point of a Ray task: one unit, skipped if an earlier attempt already finished it. The unit's
+    lock is held while computing it: a unit another invocation is computing is waited for, not redone.
+    An input found damaged raises DamagedUnit as is (not a crash to retry): the scheduler recomputes the
+    input, then this unit."""
     torch.set_num_threads(max(1, num_threads))
-    store = ResultStore(store_root)
-    if store.is_done(kind, key):
-        return store.read_unit(kind, key)["summary"]
-    try:
-        return RUNNERS[kind](key, config, store, num_threads)
-    except SegleakError as exc:
-        raise UnitRefused(str(exc)) from None
-    except Exception as exc:
-        raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc
+    store = ResultStore(store_root, invocation=invocation)
+    with store.claim(kind, key) as mine:
+        if not mine:
+            return store.read_unit(kind, key)["summary"]
+        try:
+            return RUNNERS[kind](key, config, store, num_threads)
+        except DamagedUnit:
+            raise
+        except SegleakError as exc:
+            raise UnitRefused(str(exc)) from None
+        except Exception as exc:
+            raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc
