@@ -74,7 +74,6 @@ class Scheduler:
             try:
                 if self.store.is_done(unit.kind, unit.key):
                     outcome.done[unit.key] = self.store.read_unit(unit.kind, unit.key)["summary"]
-                    self.on_done(unit, outcome.done[unit.key])  # reading a finished unit checks its files
                     outcome.cached.add(unit.key)
                     continue
                 reason = self.store.verify(unit.kind, unit.key, deep=False)
@@ -82,9 +81,16 @@ class Scheduler:
                     self._damaged(DamagedUnit(unit.kind, unit.key, reason, self.store.set_aside(unit.kind, unit.key)))
             except DamagedUnit as exc:
                 self._damaged(exc)
-            outcome.done.pop(unit.key, None)
         print(f"{total} units in the plan: {len(outcome.cached)} already finished, {total - len(outcome.cached)} to run",
               file=self.stream, flush=True)
+        for unit in units:
+            if unit.key in outcome.cached:
+                try:
+                    self.on_done(unit, outcome.done[unit.key])
+                except DamagedUnit as exc:  # reading its files (a cell's scores) found them damaged
+                    self._damaged(exc)
+                    outcome.cached.discard(unit.key)
+                    outcome.done.pop(unit.key)
         waiting = [u for u in units if u.key not in outcome.cached]
         damage_retried: set[str] = set()  # units retried once after an input of theirs was found damaged
         reported = set(outcome.cached)

@@ -309,6 +309,7 @@ def _fake_cell(key, config, store, threads):
             total = int(data["x"].astype(np.int64).sum())
         summary = {"auc": 0.5, "auc_ci_low": 0.4, "auc_ci_high": 0.6, "total": total}
         (out / "summary.json").write_text(json.dumps(summary))
+        (out / "scores.csv").write_text("image_id,is_member,score\na,1,0.5\n")
     return summary
 
 
@@ -332,9 +333,14 @@ def run_grid(monkeypatch, tmp_path):
 
     def run() -> tuple[str, object]:
         stream = io.StringIO()
-        outcome = scheduler_module.Scheduler(plan, ResultStore(tmp_path / "results"), {}, retries=0, max_concurrent=2,
-                                             on_done=lambda unit, summary: None, on_failed=lambda unit, error: None,
-                                             stream=stream).run()
+        store = ResultStore(tmp_path / "results")
+
+        def on_done(unit, summary):  # as the reporter does: a finished cell's scores are read on the driver
+            if unit.kind == "cell":
+                (store.local_dir("cell", unit.key) / "scores.csv").read_text()
+
+        outcome = scheduler_module.Scheduler(plan, store, {}, retries=0, max_concurrent=2, on_done=on_done,
+                                             on_failed=lambda unit, error: None, stream=stream).run()
         return stream.getvalue(), outcome
 
     yield run, tmp_path / "results"
@@ -380,10 +386,17 @@ def test_the_scheduler_recomputes_each_kind_of_damaged_file(run_grid):
     out, outcome = run()
     assert not outcome.failed and "damaged model model-m: model.pt: 10 bytes, marker says 2048" in out
 
+    # a finished cell whose scores the driver reads for MLflow, damaged without a change of size
+    scores = results / "cell" / "cell-c2" / "scores.csv"
+    scores.write_text(scores.read_text().replace("0.5", "0.9"))
+    out, outcome = run()
+    assert not outcome.failed and "damaged cell cell-c2: scores.csv: sha256 mismatch" in out
+    assert "4 units in the plan: 4 already finished, 0 to run" in out and outcome.cached == {"model-m", "release-r", "cell-c1"}
+
     assert _trainings(store) == {"model-m": 3}
     assert _trainings(store, "release") == {"release-r": 3}
-    assert _trainings(store, "cell") == {"cell-c1": 2, "cell-c2": 1}
-    assert len(list((results / DAMAGED).glob("*/*"))) == 4
+    assert _trainings(store, "cell") == {"cell-c1": 2, "cell-c2": 2}
+    assert len(list((results / DAMAGED).glob("*/*"))) == 5
     assert all(store.verify(kind, key) is None for kind, key in
                [("model", "model-m"), ("release", "release-r"), ("cell", "cell-c1"), ("cell", "cell-c2")])
 
