@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from ray_jobs.plan import Plan, Unit
-from ray_jobs.store import ResultStore
+from ray_jobs.store import DamagedUnit, ResultStore
 from ray_jobs.units import UNIT_KINDS, UnitCrashed, UnitRefused, execute
 
 SKIPPED = "skipped: upstream"
@@ -57,26 +57,48 @@ class Scheduler:
             # Ray retries crashed workers and unexpected errors, not a unit refusing its input (it would again)
             num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=self.retries, retry_exceptions=[UnitCrashed],
             name=f"segleak-{unit.kind}",
-        ).remote(unit.kind, unit.key, unit.config_dict, str(self.store.root), max(1, int(res["cpu"])))
+        ).remote(unit.kind, unit.key, unit.config_dict, str(self.store.root), max(1, int(res["cpu"])),
+                 self.store.invocation)
 
     def _print(self, mark: str, unit: Unit, detail: str) -> None:
         self._finished += 1
         print(f"[{self._finished:>4}/{len(self.plan.units)}] {mark} {unit.kind:<7} {unit.label}  {detail}",
               file=self.stream, flush=True)
 
+    def _damaged(self, exc: DamagedUnit, prefix: str = "") -> None:
+        """One line naming a damaged unit's file and why; the unit has been moved aside to be recomputed."""
+        where = f"; moved aside to {exc.moved_to}" if exc.moved_to else ""
+        print(f"{prefix}damaged {exc.kind} {exc.key}: {exc.reason}{where}; recomputing it", file=self.stream, flush=True)
+
+    def _cached(self, units: list[Unit], outcome: Outcome) -> None:
+        """Finished units are reused; one whose files fail the cheap check is moved aside and recomputed."""
+        for unit in units:
+            try:
+                if self.store.is_done(unit.kind, unit.key):
+                    outcome.done[unit.key] = self.store.read_unit(unit.kind, unit.key)["summary"]
+                    outcome.cached.add(unit.key)
+                    continue
+                reason = self.store.verify(unit.kind, unit.key, deep=False)
+                if reason:
+                    self._damaged(DamagedUnit(unit.kind, unit.key, reason, self.store.set_aside(unit.kind, unit.key)))
+            except DamagedUnit as exc:
+                self._damaged(exc)
+
     def run(self) -> Outcome:
         outcome = Outcome()
         units = self.plan.topological()
-        for unit in units:
-            if self.store.is_done(unit.kind, unit.key):
-                outcome.cached.add(unit.key)
-                outcome.done[unit.key] = self.store.read_unit(unit.kind, unit.key)["summary"]
+        self._cached(units, outcome)
         print(f"{len(units)} units in the plan: {len(outcome.cached)} already finished, "
               f"{len(units) - len(outcome.cached)} to run", file=self.stream, flush=True)
-        self._finished = len(outcome.cached)
         for unit in units:
             if unit.key in outcome.cached:
-                self.on_done(unit, outcome.done[unit.key])
+                try:
+                    self.on_done(unit, outcome.done[unit.key])
+                except DamagedUnit as exc:  # reading its files (a cell's scores) found them damaged
+                    self._damaged(exc)
+                    outcome.cached.discard(unit.key)
+                    outcome.done.pop(unit.key)
+        self._finished = len(outcome.cached)
         waiting: dict[str, int] = {}
         dependents: dict[str, list[str]] = {}
         ready: deque[str] = deque()
@@ -90,6 +112,8 @@ class Scheduler:
             if not open_deps:
                 ready.append(unit.key)
         in_flight: dict[ray.ObjectRef, Unit] = {}
+        reported = set(outcome.cached)  # a unit recomputed because it was damaged is logged once
+        retried: set[str] = set()  # units retried once after an input of theirs was found damaged
         while ready or in_flight:
             while ready and len(in_flight) < self.max_concurrent:
                 unit = self.plan.units[ready.popleft()]
@@ -100,6 +124,14 @@ class Scheduler:
                 try:
                     summary = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a failed unit is reported, not fatal
+                    damaged = getattr(exc, "cause", None) or exc
+                    if isinstance(damaged, DamagedUnit) and unit.key not in retried and damaged.key in self.plan.units:
+                        # an input went bad after it was finished: recompute it, then retry this unit (once)
+                        retried.add(unit.key)
+                        self._damaged(damaged, prefix=f"[{self._finished:>4}/{len(self.plan.units)}] ! {unit.kind:<7} "
+                                                      f"{unit.label}  input ")
+                        self._requeue(damaged.key, unit.key, outcome, waiting, dependents, ready, in_flight)
+                        continue
                     error = _one_line(exc)
                     refused = isinstance(getattr(exc, "cause", exc), UnitRefused)
                     self._fail(unit, error, f"FAILED{'' if refused else f' after {self.retries} retries'}: {error}",
@@ -110,7 +142,9 @@ class Scheduler:
                 outcome.compute_seconds += seconds
                 outcome.done[unit.key] = summary
                 self._print("+", unit, f"{self._kinds[unit.kind].brief(summary)}  ({seconds:.1f} s)")
-                self.on_done(unit, summary)
+                if unit.key not in reported:
+                    reported.add(unit.key)
+                    self.on_done(unit, summary)
                 for child in dependents.get(unit.key, ()):
                     waiting[child] -= 1
                     if waiting[child] == 0 and child not in outcome.failed:
@@ -119,6 +153,20 @@ class Scheduler:
         if stalled:  # cannot happen for a plan built by build_plan; guards against a silent stop
             raise RuntimeError(f"scheduler stalled: {stalled[0]} waits on units that never ran")
         return outcome
+
+    def _requeue(self, damaged: str, unit: str, outcome: Outcome, waiting: dict[str, int],
+                 dependents: dict[str, list[str]], ready: deque[str], in_flight: dict) -> None:
+        """Run the damaged input again, and `unit` once it is done."""
+        pending = set(ready) | {u.key for u in in_flight.values()} | {k for k, n in waiting.items() if n > 0}
+        if damaged in outcome.done:
+            outcome.done.pop(damaged)
+            outcome.cached.discard(damaged)
+            self._finished -= 1
+        if damaged not in pending:
+            waiting[damaged] = 0
+            ready.append(damaged)
+        waiting[unit] = 1
+        dependents.setdefault(damaged, []).append(unit)
 
     def _fail(self, unit: Unit, error: str, detail: str, outcome: Outcome, dependents: dict[str, list[str]]) -> None:
         """Record a failure and skip everything downstream of it (each skipped unit printed once)."""

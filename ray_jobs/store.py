@@ -4,13 +4,33 @@ The root is a local/NFS path (the same path on every node) or any fsspec URL suc
 (MinIO through `AWS_ENDPOINT_URL`). A unit always computes into a private local temp dir. On a path the
 temp dir sits beside its final place and is renamed to `<root>/<kind>/<key>/`; on a bucket every file is
 uploaded to that prefix and `unit.json` is uploaded last. Either way the marker is the commit point: a
-crash leaves a stale temp dir or an object prefix without a marker, `is_done` is "the marker exists", and
-a rerun overwrites the leftovers. Readers ask for `local_dir`: the unit folder itself on a path, a
-download into a per-node cache (`$SEGLEAK_CACHE`, default `~/.cache/segleak`) for a bucket.
+crash leaves a stale temp dir or an object prefix without a marker, and a rerun overwrites the leftovers.
+Readers ask for `local_dir`: the unit folder itself on a path, a download into a per-node cache
+(`$SEGLEAK_CACHE`, default `~/.cache/segleak`) for a bucket.
 
-Every published unit also adds one small file under `<root>/ledger/` (who computed what, how long): one
-object per event because a bucket cannot append (and O_APPEND is not atomic on NFS either); tests count
-trainings with it to prove a resumed run trained each model exactly once.
+Several invocations may share one root (issue 18):
+- Ownership. Whoever computes a unit holds its lock, `<root>/<kind>/.lock-<key>` (`claim`): a small JSON
+  naming the host (hostname + boot id), the pid, that process's start time (from /proc, so a reused pid is
+  not taken for the owner) and the invocation. A process that needs a unit someone else holds waits for
+  its marker instead of computing it again; it takes the lock over only when the owner is provably gone:
+  on the same host, that process is dead; on another host, the lock's lease (its mtime, refreshed by a
+  heartbeat thread while held) is older than `lease_s`. On a path the lock is created with link(2)
+  (atomic, also on NFS); on a bucket it is an object, best effort. In a Ray grid the owner is the worker
+  process running the unit; a killed driver's workers are killed by Ray, which makes their locks stale.
+- Temp dirs and files carry their owner in their name (`.tmp-<name>@<host>.<pid>.<start>.<random>`), and
+  `sweep_stale` removes only those whose owner is gone, so one invocation never deletes another's work.
+  Workers also sweep their own node once (a bucket's per-node caches are out of the driver's reach).
+- Checksums. The marker lists each file of the unit with its size and sha256, the sha256 of the marker
+  of every unit it read (so a unit computed from an input that was damaged later shows it read it
+  intact) and a checksum of itself. `is_done` stays cheap (the marker parses, file sizes match);
+  `verify` hashes; readers (`read_unit`: the cheap check, `local_dir`: the full one) refuse a damaged unit
+  with `DamagedUnit` (kind, key, and which file and why), after moving it to
+  `<root>/damaged/<kind>/<key>-<time>/` (kept for the operator, never deleted), so recomputing it is
+  the caller's recovery.
+- Ledger. Every computation that completes adds one small file under `<root>/ledger/`, also one whose
+  result was not published because an identical computation got there first (`published: false`), with
+  the invocation, host, pid and seconds: one object per event because a bucket cannot append (and
+  O_APPEND is not atomic on NFS either). Tests count trainings with it.
 """
 
 from __future__ import annotations
@@ -21,10 +41,12 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -33,10 +55,213 @@ from benchmark.errors import SegleakError
 
 MARKER = "unit.json"
 TEMP_PREFIX = ".tmp-"
+LOCK_PREFIX = ".lock-"
+BREAK_SUFFIX = ".breaking"  # a short-lived lock on a lock: one process at a time takes over a stale one
 LEDGER = "ledger"
+DAMAGED = "damaged"
+DAMAGED_NOTE = "DAMAGED.json"
+DEFAULT_LEASE_S = 600.0  # another host's lock or temp dir is stale when its lease is this old
+DEFAULT_POLL_S = 1.0     # how often a process waiting for another's unit looks for its marker
+BREAK_LEASE_S = 60.0     # a takeover takes milliseconds: a `.breaking` file this old is left over
 # what a worker on another node needs to reach the bucket; the runner forwards these for a remote root
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                   "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+
+
+class DamagedUnit(Exception):
+    """A finished unit whose files do not match its marker. Recoverable: recompute the unit (it has been
+    moved aside to `moved_to`, unless another process was recomputing it already) and read it again."""
+
+    def __init__(self, kind: str, key: str, reason: str, moved_to: str | None = None) -> None:
+        super().__init__(kind, key, reason, moved_to)  # all in args: survives pickling across Ray
+        self.kind, self.key, self.reason, self.moved_to = kind, key, reason, moved_to
+
+    def __str__(self) -> str:
+        where = f"; moved aside to {self.moved_to}" if self.moved_to else ""
+        return f"{self.kind} unit {self.key} is damaged: {self.reason}{where}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# who owns what: a process is (host id, pid, start time); liveness is only decidable on its own host
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+HOST = socket.gethostname()
+# the boot id tells two machines with one hostname (and a rebooted one) apart
+HOST_ID = hashlib.sha256(f"{HOST}/{_read_text('/proc/sys/kernel/random/boot_id')}".encode()).hexdigest()[:8]
+_HAVE_PROC = Path("/proc/self/stat").exists()
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a running process (clock ticks since boot); None if gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def current_owner() -> tuple[str, int, str]:
+    pid = os.getpid()
+    return HOST_ID, pid, (_process_start(pid) or "0") if _HAVE_PROC else "0"
+
+
+def owner_alive(host_id: Any, pid: Any, start: Any) -> bool | None:
+    """Whether a process is running: True/False for one on this host, None for another host's."""
+    if host_id != HOST_ID:
+        return None
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return None
+    if _HAVE_PROC:
+        return _process_start(pid) == str(start)  # a reused pid has another start time
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _temp_name(name: str) -> str:
+    host_id, pid, start = current_owner()
+    return f"{TEMP_PREFIX}{name}@{host_id}.{pid}.{start}.{uuid.uuid4().hex[:8]}"
+
+
+def _owner_in_name(name: str) -> tuple[str, int, str] | None:
+    _, sep, tag = name.rpartition("@")
+    parts = tag.split(".")
+    if not sep or len(parts) != 4 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), parts[2]
+
+
+class _Heartbeat:
+    """One daemon thread per process refreshing the leases of what the process owns (locks, temp dirs):
+    processes on other hosts cannot check our pid, they go by how recent the lease is."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[Callable[[], None], float, float]] = {}
+        self._mutex = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, name: str, touch: Callable[[], None], every: float) -> None:
+        with self._mutex:
+            self._items[name] = (touch, every, time.monotonic() + every)
+            if self._thread is None or not self._thread.is_alive():  # none yet, or lost in a fork
+                self._thread = threading.Thread(target=self._run, name="segleak-lease", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def remove(self, name: str) -> None:
+        with self._mutex:
+            self._items.pop(name, None)
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._mutex:
+                due = [(name, item) for name, item in self._items.items() if item[2] <= now]
+                for name, (touch, every, _) in due:
+                    self._items[name] = (touch, every, now + every)
+            for _, (touch, _, _) in due:
+                try:
+                    touch()
+                except Exception:  # noqa: BLE001 - a missed refresh is retried; the lease is generous
+                    pass
+            with self._mutex:
+                wake = min((item[2] for item in self._items.values()), default=now + 1.0)
+            self._wake.wait(min(1.0, max(0.05, wake - time.monotonic())))
+            self._wake.clear()
+
+
+_HEARTBEAT = _Heartbeat()
+_SWEPT: set[str] = set()  # roots this process has swept once (see `claim`)
+
+# ---------------------------------------------------------------------------------------------------------
+# checksums
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def _sha256_file(path: Path, stat: os.stat_result | None = None) -> str:
+    """sha256 of a file, remembered per (path, inode, size, mtime): a process re-reading an input hashes it once."""
+    stat = stat or path.stat()
+    memo = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if memo not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if len(_SHA_CACHE) > 10_000:
+            _SHA_CACHE.clear()
+        _SHA_CACHE[memo] = digest.hexdigest()
+    return _SHA_CACHE[memo]
+
+
+def _record_checksum(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _seal(record: dict[str, Any]) -> dict[str, Any]:
+    """The marker as written: JSON-normalised, with a checksum of its own content."""
+    normal = json.loads(json.dumps(record, default=str))
+    return {**normal, "checksum": _record_checksum(normal)}
+
+
+def _parse_marker(blob: bytes, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        record = json.loads(blob)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return None, f"{MARKER} is not valid JSON ({exc})"
+    if not isinstance(record, dict):
+        return None, f"{MARKER} is not a JSON object"
+    if "checksum" in record and _record_checksum(record) != record["checksum"]:
+        return None, f"{MARKER}: its content does not match its checksum"
+    if record.get("key", key) != key:
+        return None, f"{MARKER} belongs to unit {record['key']}"
+    return record, None
+
+
+def _check_files(directory: Path, files: dict[str, dict[str, Any]], deep: bool) -> str | None:
+    """Why a unit's files differ from what its marker lists (sizes first: a stat each), None if they match."""
+    stats = {}
+    for rel, meta in sorted(files.items()):
+        try:
+            stats[rel] = (directory / rel).stat()
+        except FileNotFoundError:
+            return f"{rel} is missing"
+        if stats[rel].st_size != meta["bytes"]:
+            return f"{rel}: {stats[rel].st_size} bytes, marker says {meta['bytes']}"
+    if deep:
+        for rel, meta in sorted(files.items()):
+            actual = _sha256_file(directory / rel, stats[rel])
+            if actual != meta["sha256"]:
+                return f"{rel}: sha256 mismatch (file {actual[:12]}, marker says {meta['sha256'][:12]})"
+    return None
+
+
+@dataclass
+class _Check:
+    """What is at a unit's place: nothing (`missing`), a damaged unit (`reason`), or an intact one."""
+
+    missing: bool = False
+    reason: str | None = None
+    blob: bytes = b""
+    record: dict[str, Any] | None = None
+
+    @property
+    def intact(self) -> bool:
+        return not self.missing and self.reason is None
 
 
 def _cache_home() -> Path:
@@ -44,7 +269,8 @@ def _cache_home() -> Path:
 
 
 class ResultStore:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, invocation: str | None = None, lease_s: float | None = None,
+                 poll_s: float | None = None) -> None:
         text = str(root)
         try:
             # no listings cache: other processes publish units while this one polls for markers
@@ -60,6 +286,11 @@ class ResultStore:
         else:
             self.local_root = Path(base).expanduser().resolve()
             self._base = self.root = str(self.local_root)
+        # one id per invocation: the driver's store makes it, the scheduler hands it to every unit it runs
+        self.invocation = invocation or uuid.uuid4().hex[:12]
+        self.lease_s = float(lease_s or os.environ.get("SEGLEAK_LEASE_S") or DEFAULT_LEASE_S)
+        self.poll_s = float(poll_s or os.environ.get("SEGLEAK_POLL_S") or DEFAULT_POLL_S)
+        self._reading = threading.local()  # per thread: the inputs read by the units it is writing
 
     def _path(self, *parts: str) -> str:
         return "/".join((self._base, *parts))
@@ -89,23 +320,119 @@ class ResultStore:
             raise SegleakError(f"results location {self.root}: cannot write there ({type(exc).__name__}: {message}); "
                                "check AWS_ENDPOINT_URL and the credentials") from None
 
+    # -----------------------------------------------------------------------------------------------------
+    # finished units: checks and readers
+
+    def _check(self, kind: str, key: str, deep: bool = False) -> _Check:
+        """A unit's state on a path (deep: hash every file), or on a bucket (sizes from one listing)."""
+        if not self.remote:
+            return self._check_dir(self.local_root / kind / key, key, deep)
+        try:
+            blob = self.fs.cat_file(self._path(kind, key, MARKER))
+        except FileNotFoundError:
+            return _Check(missing=True)  # nothing, or an upload that never reached its marker
+        record, reason = _parse_marker(blob, key)
+        if reason is None and record.get("files"):
+            prefix = self._path(kind, key) + "/"
+            sizes = {name[len(prefix):]: info["size"]
+                     for name, info in self.fs.find(self._path(kind, key), detail=True).items()}
+            for rel, meta in sorted(record["files"].items()):
+                if rel not in sizes:
+                    reason = f"{rel} is missing"
+                elif sizes[rel] != meta["bytes"]:
+                    reason = f"{rel}: {sizes[rel]} bytes, marker says {meta['bytes']}"
+                if reason:
+                    break
+        return _Check(reason=reason, blob=blob, record=record)
+
+    @staticmethod
+    def _check_dir(directory: Path, key: str, deep: bool) -> _Check:
+        try:
+            blob = (directory / MARKER).read_bytes()
+        except FileNotFoundError:
+            # on a path a unit folder appears whole by rename: a folder without its marker lost it
+            return _Check(reason=f"{MARKER} is missing") if directory.is_dir() else _Check(missing=True)
+        except OSError as exc:
+            return _Check(reason=f"{MARKER} cannot be read ({exc.strerror or exc})")
+        record, reason = _parse_marker(blob, key)
+        if reason is None:
+            reason = _check_files(directory, record.get("files") or {}, deep)  # none listed: an older unit
+        return _Check(reason=reason, blob=blob, record=record)
+
     def is_done(self, kind: str, key: str) -> bool:
-        return self.fs.exists(self._path(kind, key, MARKER))
+        """The unit is finished and looks intact: its marker parses and every file has its recorded size.
+        Cheap (no hashing) for the driver's thousands of calls; a damaged unit is not done."""
+        return self._check(kind, key).intact
+
+    def verify(self, kind: str, key: str, deep: bool = True) -> str | None:
+        """Why a finished unit is damaged ("outputs.npz: 1234 bytes, marker says 5678", "model.pt: sha256
+        mismatch ...", "unit.json is not valid JSON ..."); None if it is intact, or not there at all.
+        `deep` hashes every file (on a bucket: downloads it; an intact copy stays in this node's cache)."""
+        check = self._check(kind, key, deep=deep and not self.remote)
+        if not self.remote or not deep or not check.intact:
+            return check.reason
+        local = self.local_root / kind / key
+        if (local / MARKER).is_file() and self._check_dir(local, key, deep=True).intact \
+                and (local / MARKER).read_bytes() == check.blob:
+            return None
+        shutil.rmtree(local, ignore_errors=True)
+        return self._download(kind, key, check)[1]
+
+    def _note_input(self, kind: str, key: str, blob: bytes) -> None:
+        """Inside `writing`: remember the checksum of an input's marker, for the output's marker."""
+        for inputs in getattr(self._reading, "stack", []):
+            inputs[f"{kind}/{key}"] = hashlib.sha256(blob).hexdigest()
+
+    def _refuse(self, kind: str, key: str, check: _Check) -> NoReturn:
+        """A reader's answer to a unit that is not intact: DamagedUnit (set aside first), or not there."""
+        if not check.missing:
+            raise DamagedUnit(kind, key, check.reason, self.set_aside(kind, key))
+        aside = self.set_aside_copies(kind, key)
+        if aside:  # moved aside by another reader since this one's caller saw it finished
+            raise DamagedUnit(kind, key, "found damaged and moved aside by another process; recompute it", aside[-1])
+        raise SegleakError(f"unit {key} is not in the results store {self.root}")
 
     def read_unit(self, kind: str, key: str) -> dict[str, Any]:
-        try:
-            return json.loads(self.fs.cat_file(self._path(kind, key, MARKER)))
-        except FileNotFoundError:
-            raise SegleakError(f"unit {key} is not in the results store {self.root}") from None
+        """A finished unit's marker (config, summary, ...), after the cheap check of its files."""
+        check = self._check(kind, key)
+        if not check.intact:
+            self._refuse(kind, key, check)
+        self._note_input(kind, key, check.blob)
+        return check.record
 
     def local_dir(self, kind: str, key: str) -> Path:
-        """A finished unit's files on local disk: the unit folder itself, or a cached download of it."""
+        """A finished unit's files on local disk, every file checked against its marker's sha256: the unit
+        folder itself, or a verified download of it. Raises DamagedUnit when they do not match."""
         final = self.local_root / kind / key
-        if not self.remote or (final / MARKER).is_file():
+        if not self.remote:
+            check = self._check_dir(final, key, deep=True)
+            if not check.intact:
+                self._refuse(kind, key, check)
+            self._note_input(kind, key, check.blob)
             return final
-        remote_files = self.fs.find(self._path(kind, key))
-        if self._path(kind, key, MARKER) not in remote_files:
-            raise SegleakError(f"unit {key} is not in the results store {self.root}")
+        if (final / MARKER).is_file():
+            check = self._check_dir(final, key, deep=True)
+            if check.intact:
+                self._note_input(kind, key, check.blob)
+                return final
+            shutil.rmtree(final, ignore_errors=True)  # this node's copy went bad: fetch the bucket's again
+        check = self._check(kind, key)
+        if not check.intact:
+            self._refuse(kind, key, check)
+        path, reason = self._download(kind, key, check)
+        if reason:
+            self._refuse(kind, key, _Check(reason=reason))
+        self._note_input(kind, key, check.blob)
+        return path
+
+    def _download(self, kind: str, key: str, check: _Check) -> tuple[Path | None, str | None]:
+        """Fetch a unit from the bucket into this node's cache: (its folder, None), or (None, why it is damaged)."""
+        final = self.local_root / kind / key
+        listed = sorted((check.record or {}).get("files") or {})
+        if listed:  # only what the marker lists: leftovers of an earlier, interrupted upload stay behind
+            remote_files = [self._path(kind, key, rel) for rel in [*listed, MARKER]]
+        else:
+            remote_files = self.fs.find(self._path(kind, key))
         tmp = self._temp_dir(final)
         try:
             prefix = len(self._path(kind, key)) + 1
@@ -113,17 +440,232 @@ class ResultStore:
             for path in local_files:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.fs.get(remote_files, local_files)
+            downloaded = self._check_dir(tmp, key, deep=True)
+            if not downloaded.intact:
+                return None, downloaded.reason or f"{MARKER} is missing"
             self._install(tmp, final)
+            return final, None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
+            self._drop_temp(tmp)
+
+    # -----------------------------------------------------------------------------------------------------
+    # damaged units: moved aside, never deleted
+
+    def set_aside_copies(self, kind: str, key: str) -> list[str]:
+        """Where earlier damaged copies of a unit were moved, oldest first."""
+        if self.remote:
+            return sorted(self.fs.unstrip_protocol(p) for p in self.fs.glob(self._path(DAMAGED, kind, f"{key}-*")))
+        return sorted(str(p) for p in (self.local_root / DAMAGED / kind).glob(f"{key}-*"))
+
+    def set_aside(self, kind: str, key: str) -> str | None:
+        """Move a damaged unit to `<root>/damaged/<kind>/<key>-<time>/` with a note saying why; returns
+        where. Done under the unit's lock, after a full check: None if someone is recomputing it right
+        now, or it is intact (recomputed meanwhile) or gone."""
+        token = self._try_lock(kind, key)
+        if token is None:
+            return None
+        try:
+            current = self.verify(kind, key, deep=True)  # on a bucket: a download, as a reader's was
+            return None if current is None else self._move_aside(kind, key, current)
+        finally:
+            self._unlock(kind, key, token)
+
+    def _move_aside(self, kind: str, key: str, reason: str) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:4]}"
+        note = json.dumps({"kind": kind, "key": key, "reason": reason, "time": time.time(), "host": HOST,
+                           "pid": os.getpid(), "invocation": self.invocation}, indent=1).encode()
+        if not self.remote:
+            dest = self.local_root / DAMAGED / kind / f"{key}-{stamp}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.local_root / kind / key, dest)
+            (dest / DAMAGED_NOTE).write_bytes(note)
+            return str(dest)
+        src, dest = self._path(kind, key), self._path(DAMAGED, kind, f"{key}-{stamp}")
+        names = self.fs.find(src)
+        for name in names:
+            self.fs.copy(name, dest + name[len(src):])
+        self.fs.pipe_file(f"{dest}/{DAMAGED_NOTE}", note)
+        marker = self._path(kind, key, MARKER)
+        if marker in names:  # the unit stops being finished before its files go
+            self.fs.rm_file(marker)
+        rest = [n for n in names if n != marker]
+        if rest:
+            self.fs.rm(rest)
+        shutil.rmtree(self.local_root / kind / key, ignore_errors=True)  # this node's cached copy
+        return self.fs.unstrip_protocol(dest)
+
+    # -----------------------------------------------------------------------------------------------------
+    # locks: one owner computes a unit; the others wait for it
+
+    def _lock_path(self, kind: str, key: str) -> str:
+        return self._path(kind, f"{LOCK_PREFIX}{key}")
+
+    def _owner_record(self) -> dict[str, Any]:
+        host_id, pid, start = current_owner()
+        return {"host": HOST, "host_id": host_id, "pid": pid, "start": start, "invocation": self.invocation,
+                "token": uuid.uuid4().hex, "since": time.time()}
+
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create a small file with this content unless it exists: atomic on a path, best effort on a bucket."""
+        if self.remote:
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, data)
+            time.sleep(0.2)  # a racing writer's PUT lands after ours: read back whose content won
+            try:
+                return self.fs.cat_file(path) == data
+            except FileNotFoundError:
+                return False
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(_temp_name(target.name))
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, target)  # fails if the target exists; the content is complete from the start
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links
+            try:
+                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _read_lock(self, path: str) -> tuple[dict[str, Any] | None, float]:
+        """(content, lease time) of a lock file; ({}, mtime) if unreadable, (None, 0) if there is none."""
+        try:
+            if self.remote:
+                blob = self.fs.cat_file(path)
+                modified = self.fs.info(path).get("LastModified")
+                mtime = modified.timestamp() if hasattr(modified, "timestamp") else time.time()
+            else:
+                mtime = os.stat(path).st_mtime
+                blob = Path(path).read_bytes()
+        except FileNotFoundError:
+            return None, 0.0
+        try:
+            record = json.loads(blob)
+        except ValueError:
+            record = {}
+        return (record if isinstance(record, dict) else {}), mtime
+
+    def _stale(self, record: dict[str, Any], mtime: float, lease_s: float | None = None) -> str | None:
+        """Why a lock's (or temp file's) owner is provably gone; None while it may be alive."""
+        alive = owner_alive(record.get("host_id"), record.get("pid"), record.get("start"))
+        if alive is False:
+            return f"its owner, pid {record.get('pid')} on {record.get('host')}, is gone"
+        age = time.time() - mtime
+        if alive is None and age > (lease_s or self.lease_s):
+            return f"its lease is {age:.0f} s old"
+        return None
+
+    def _remove(self, path: str, token: str | None = None) -> None:
+        """Delete a lock file; with a token, only while it still holds that token."""
+        if token is not None:
+            current, _ = self._read_lock(path)
+            if current is None or current.get("token") != token:
+                return
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path) if self.remote else os.unlink(path)
+
+    def _break(self, path: str, stale: dict[str, Any]) -> bool:
+        """Remove a stale lock unless it changed meanwhile; one process at a time (a `.breaking` lock)."""
+        breaker = path + BREAK_SUFFIX
+        mine = self._owner_record()
+        if not self._create_exclusive(breaker, json.dumps(mine).encode()):
+            record, mtime = self._read_lock(breaker)
+            if record is not None and self._stale(record, mtime, BREAK_LEASE_S):
+                self._remove(breaker, record.get("token"))  # a breaker that died mid-way
+            return False
+        try:
+            current, _ = self._read_lock(path)
+            if current is not None and current.get("token") == stale.get("token"):
+                self._remove(path)
+            return True
+        finally:
+            self._remove(breaker, mine["token"])
+
+    def _touch_lock(self, path: str, token: str, blob: bytes) -> None:
+        if not self.remote:
+            os.utime(path)  # the mtime is the lease; a lock taken over meanwhile is another inode's business
+        elif (self._read_lock(path)[0] or {}).get("token") == token:
+            self.fs.pipe_file(path, blob)
+
+    def _try_lock(self, kind: str, key: str) -> str | None:
+        """Take a unit's lock if it is free or its owner is gone: its token, or None if someone holds it."""
+        path = self._lock_path(kind, key)
+        for _ in range(3):
+            record = self._owner_record()
+            blob = json.dumps(record, indent=1).encode()
+            if self._create_exclusive(path, blob):
+                _HEARTBEAT.add(f"{path}#{record['token']}", lambda: self._touch_lock(path, record["token"], blob),
+                               every=max(0.05, min(30.0, self.lease_s / 4)))
+                return record["token"]
+            current, mtime = self._read_lock(path)
+            if current is not None and self._stale(current, mtime) is None:
+                return None
+            if current is not None:
+                self._break(path, current)
+        return None
+
+    def _unlock(self, kind: str, key: str, token: str) -> None:
+        path = self._lock_path(kind, key)
+        _HEARTBEAT.remove(f"{path}#{token}")
+        self._remove(path, token)
+
+    def lock_owner(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Who holds a unit's lock now (host, pid, invocation, since), or None."""
+        return self._read_lock(self._lock_path(kind, key))[0]
+
+    @contextlib.contextmanager
+    def claim(self, kind: str, key: str) -> Iterator[bool]:
+        """Hold a unit's lock while computing it. Yields True when the caller must compute the unit (inside
+        the block, with `writing`), False when it is finished: it was already, or another process held the
+        lock and finished it while this one waited. A lock whose owner is provably gone is taken over; a
+        damaged copy found under the lock is moved aside, and dead owners' temp dirs for it are removed."""
+        token = None
+        while token is None and not self.is_done(kind, key):
+            token = self._try_lock(kind, key)
+            if token is None:
+                time.sleep(self.poll_s)
+        if token is None:
+            yield False
+            return
+        try:
+            if self.is_done(kind, key):  # the previous owner published it just before letting go
+                yield False
+                return
+            check = self._check(kind, key)
+            if check.reason is not None:
+                self._move_aside(kind, key, check.reason)
+            self._sweep(self.local_root / kind, f"{TEMP_PREFIX}{key}@*")
+            if self.root not in _SWEPT:  # once per process: what other nodes' drivers cannot reach
+                _SWEPT.add(self.root)
+                self.sweep_stale()
+            yield True
+        finally:
+            self._unlock(kind, key, token)
+
+    # -----------------------------------------------------------------------------------------------------
+    # writers
+
+    def _temp_dir(self, final: Path) -> Path:
+        """A private temp dir beside `final`, named after its owner, its lease refreshed while it exists."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / _temp_name(final.name)
+        tmp.mkdir()
+        _HEARTBEAT.add(str(tmp), lambda: os.utime(tmp), every=max(0.05, min(30.0, self.lease_s / 4)))
+        return tmp
 
     @staticmethod
-    def _temp_dir(final: Path) -> Path:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        return tmp
+    def _drop_temp(tmp: Path) -> None:
+        _HEARTBEAT.remove(str(tmp))
+        shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
     def _install(tmp: Path, final: Path) -> bool:
@@ -137,32 +679,69 @@ class ResultStore:
             return False
 
     def _upload(self, tmp: Path, kind: str, key: str) -> None:
-        """Every file of a finished unit, then its marker: the marker's upload commits the unit."""
+        """Every file of a finished unit, sizes checked, then its marker: the marker's upload commits the unit."""
         files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.relative_to(tmp).as_posix() != MARKER)
         if files:
-            self.fs.put([str(p) for p in files], [self._path(kind, key, p.relative_to(tmp).as_posix()) for p in files])
+            targets = [self._path(kind, key, p.relative_to(tmp).as_posix()) for p in files]
+            self.fs.put([str(p) for p in files], targets)
+            sizes = {name: info["size"] for name, info in self.fs.find(self._path(kind, key), detail=True).items()}
+            for path, target in zip(files, targets):
+                if sizes.get(target) != path.stat().st_size:
+                    raise OSError(f"upload of {target}: {sizes.get(target)} bytes arrived of {path.stat().st_size}")
         self.fs.put_file(str(tmp / MARKER), self._path(kind, key, MARKER))
+
+    def _publish(self, tmp: Path, final: Path, kind: str, key: str) -> bool:
+        """Make a complete temp dir the unit; False if an identical computation was published first."""
+        if self.remote:
+            if self.is_done(kind, key):
+                return False
+            self._upload(tmp, kind, key)
+            self._install(tmp, final)  # a local copy for this node's readers
+            return True
+        try:
+            os.rename(tmp, final)
+            return True
+        except OSError:
+            check = self._check_dir(final, key, deep=False)
+            if check.missing:
+                raise
+            if check.intact:
+                return False
+        self._move_aside(kind, key, check.reason)  # a damaged copy (when writing without `claim`)
+        os.rename(tmp, final)
+        return True
 
     @contextlib.contextmanager
     def writing(self, kind: str, key: str, config: dict[str, Any]) -> Iterator[Path]:
-        """Yield a local temp dir to fill; on success write the marker and publish it under its key."""
+        """Yield a local temp dir to fill; on success write the marker (with checksums of every file and of
+        the inputs read meanwhile) and publish it under its key. Every completed computation adds a ledger
+        event. Hold `claim` around it so that concurrent invocations compute the unit once."""
         final = self.local_root / kind / key
         tmp = self._temp_dir(final)
         started = time.time()
+        inputs: dict[str, str] = {}
+        stack = self._reading.__dict__.setdefault("stack", [])
+        stack.append(inputs)
         try:
             yield tmp
+            if stack and stack[-1] is inputs:
+                stack.pop()
             summary_path = tmp / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-            record = {"kind": kind, "key": key, "config": config, "summary": summary,
-                      "seconds": round(time.time() - started, 3), "host": socket.gethostname(), "pid": os.getpid()}
-            (tmp / MARKER).write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
-            if self.remote:
-                self._upload(tmp, kind, key)
-            # on a path the rename publishes; on a bucket it only keeps a local copy for this node's readers
-            if self._install(tmp, final) or self.remote:
-                self.append_ledger({k: record[k] for k in ("kind", "key", "seconds", "host", "pid")})
+            files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256_file(p), "bytes": p.stat().st_size}
+                     for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix() != MARKER}
+            record = _seal({"kind": kind, "key": key, "config": config, "summary": summary,
+                            "seconds": round(time.time() - started, 3), "host": HOST, "pid": os.getpid(),
+                            "invocation": self.invocation, "files": files, "inputs": inputs})
+            (tmp / MARKER).write_text(json.dumps(record, indent=1, sort_keys=True))
+            # on a path the rename publishes; on a bucket the marker's upload does
+            published = self._publish(tmp, final, kind, key)
+            self.append_ledger({k: record[k] for k in ("kind", "key", "seconds", "host", "pid", "invocation")}
+                               | {"published": published})
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if stack and stack[-1] is inputs:
+                stack.pop()
+            self._drop_temp(tmp)
 
     def _write_bytes(self, relative: str, data: bytes) -> None:
         """One file, visible whole or not at all: an object PUT on a bucket, temp file + rename on a path."""
@@ -172,7 +751,7 @@ class ResultStore:
             return
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{TEMP_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}")
+        tmp = target.with_name(_temp_name(target.name))
         tmp.write_bytes(data)
         os.replace(tmp, target)
 
@@ -182,22 +761,58 @@ class ResultStore:
 
     def ledger(self) -> list[dict[str, Any]]:
         """Every ledger event, oldest first."""
-        # an event still being written on a path is `.tmp-<name>.json-<hex>`: not listed
-        names = [p for p in self.fs.find(self._path(LEDGER)) if p.endswith(".json")]
+        # an event still being written on a path is `.tmp-<name>.json@<owner>`: not listed
+        names = [p for p in self.fs.find(self._path(LEDGER)) if p.endswith(".json")
+                 and not p.rsplit("/", 1)[-1].startswith(TEMP_PREFIX)]
         events = [json.loads(blob) for blob in self.fs.cat(names).values()] if names else []
         return sorted(events, key=lambda e: e["time"])
 
-    def sweep_stale(self, older_than_s: float = 0.0) -> int:
-        """Remove local temp dirs left by killed attempts (call before scheduling, when no unit is running).
+    # -----------------------------------------------------------------------------------------------------
+    # leftovers
 
-        On a bucket nothing partial is visible without its marker, so only the local mirror is swept.
-        """
+    def _temp_owner_gone(self, entry: Path) -> bool:
+        try:
+            age = time.time() - entry.lstat().st_mtime
+        except FileNotFoundError:
+            return False
+        owner = _owner_in_name(entry.name)
+        alive = owner_alive(*owner) if owner else None
+        # another host's (or a name without an owner, from an older version): only its lease can tell
+        return alive is False or (alive is None and age > self.lease_s)
+
+    def _sweep(self, folder: Path, pattern: str) -> int:
         removed = 0
-        now = time.time()
-        for tmp in self.local_root.glob(f"*/{TEMP_PREFIX}*"):
-            if now - tmp.stat().st_mtime >= older_than_s:
-                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        for entry in list(folder.glob(pattern)):
+            if self._temp_owner_gone(entry):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
                 removed += 1
+        return removed
+
+    def sweep_stale(self, older_than_s: float = 0.0) -> int:
+        """Remove temp dirs and files, and locks, whose owner is gone: a process on this host that is dead,
+        or on another host whose lease expired. Another invocation's work in progress is left alone, so
+        this is safe at any time. On a bucket nothing partial is visible without its marker: only the local
+        mirror is swept (stale locks in a bucket are taken over by the next process that needs the unit)."""
+        removed = 0
+        for entry in list(self.local_root.glob(f"*/{TEMP_PREFIX}*")):
+            try:
+                young = time.time() - entry.lstat().st_mtime < older_than_s
+            except FileNotFoundError:
+                continue
+            if not young and self._temp_owner_gone(entry):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                removed += 1
+        if not self.remote:
+            for lock in list(self.local_root.glob(f"*/{LOCK_PREFIX}*")):
+                record, mtime = self._read_lock(str(lock))
+                breaking = lock.name.endswith(BREAK_SUFFIX)
+                if record is None or self._stale(record, mtime, BREAK_LEASE_S if breaking else None) is None:
+                    continue
+                if breaking:
+                    self._remove(str(lock), record.get("token"))
+                    removed += 1
+                elif self._break(str(lock), record):
+                    removed += 1
         return removed
 
     def write_json_atomic(self, relative: str, payload: Any) -> str:

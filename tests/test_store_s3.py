@@ -20,7 +20,7 @@ from test_grid_e2e import segleak  # the CLI in a subprocess, as a user runs it
 from benchmark.errors import SegleakError
 from benchmark.data.synth import SynthSpec
 from ray_jobs.plan import local_data_root, synthetic_root
-from ray_jobs.store import MARKER, ResultStore
+from ray_jobs.store import DAMAGED, LOCK_PREFIX, MARKER, DamagedUnit, ResultStore
 
 
 def _free_port() -> int:
@@ -110,6 +110,43 @@ def test_local_dir_downloads_a_unit_once(bucket, monkeypatch, tmp_path):
     monkeypatch.setattr(store.fs, "get", lambda *a, **k: pytest.fail("downloaded twice"))
     assert store.local_dir("model", "m1") == local
     assert not list(local.parent.glob(".tmp-*"))
+
+
+def test_a_damaged_object_is_named_moved_aside_and_recomputed(bucket, monkeypatch, tmp_path):
+    store = ResultStore(f"s3://{bucket}/run")
+    _write_unit(store, "m1")
+    weights = f"{store.root}/model/m1/model.pt"
+    store.fs.pipe_file(weights, b"weig")  # truncated in the bucket
+    assert not store.is_done("model", "m1")
+    assert store.verify("model", "m1", deep=False) == "model.pt: 4 bytes, marker says 7"
+    monkeypatch.setenv("SEGLEAK_CACHE", str(tmp_path / "other-node"))
+    reader = ResultStore(f"s3://{bucket}/run")
+    with pytest.raises(DamagedUnit, match="model.pt: 4 bytes, marker says 7") as caught:
+        reader.local_dir("model", "m1")
+    aside = caught.value.moved_to.removeprefix(f"{store.root}/")
+    assert aside.startswith(f"{DAMAGED}/model/m1-")
+    assert {o.rsplit("/", 1)[1] for o in _objects(store, aside)} == {"model.pt", "seen.json", "summary.json", MARKER,
+                                                                    "DAMAGED.json"}
+    assert not any(o.startswith("model/m1/") for o in _objects(store, "model"))
+    with reader.claim("model", "m1") as mine:
+        assert mine and _objects(store, "model") == [f"model/{LOCK_PREFIX}m1"]  # the lock is an object
+        _write_unit(reader, "m1")
+    assert _objects(store, "model")[-1] == f"model/m1/{MARKER}" and not any(LOCK_PREFIX in o for o in _objects(store))
+    assert reader.verify("model", "m1") is None and len(store.ledger()) == 2
+
+
+def test_a_same_size_corruption_is_caught_when_downloaded(bucket, monkeypatch, tmp_path):
+    store = ResultStore(f"s3://{bucket}/run")
+    _write_unit(store, "m1")
+    store.fs.pipe_file(f"{store.root}/model/m1/model.pt", b"WEIGHTS")
+    store.fs.pipe_file(f"{store.root}/model/m1/left-over.bin", b"from an interrupted upload")
+    assert store.is_done("model", "m1")  # the cheap check compares sizes only
+    monkeypatch.setenv("SEGLEAK_CACHE", str(tmp_path / "other-node"))
+    reader = ResultStore(f"s3://{bucket}/run")
+    assert reader.verify("model", "m1") == "model.pt: sha256 mismatch (file 14422b042349, marker says 9a129038d9a0)"
+    with pytest.raises(DamagedUnit, match="model.pt: sha256 mismatch"):
+        reader.local_dir("model", "m1")
+    assert not list((tmp_path / "other-node").rglob("left-over.bin"))  # only what the marker lists is fetched
 
 
 def test_ledger_is_one_object_per_event_read_back_in_time_order(bucket):

@@ -15,7 +15,7 @@ import torch
 
 from benchmark.errors import SegleakError
 from benchmark.registry import ComponentRegistry
-from ray_jobs.store import ResultStore
+from ray_jobs.store import DamagedUnit, ResultStore
 
 if TYPE_CHECKING:
     from ray_jobs.plan import Unit
@@ -66,16 +66,23 @@ class UnitCrashed(Exception):
     """Any other error in a unit: worth a retry (a flaky node, a transient I/O error)."""
 
 
-def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_threads: int) -> dict[str, Any]:
-    """Entry point of a Ray task: one unit, skipped if an earlier attempt already finished it."""
+def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_threads: int,
+            invocation: str | None = None) -> dict[str, Any]:
+    """Entry point of a Ray task: one unit, skipped if an earlier attempt already finished it. The unit's
+    lock is held while computing it: a unit another invocation is computing is waited for, not redone.
+    An input found damaged raises DamagedUnit as is (not a crash to retry): the scheduler recomputes the
+    input, then this unit."""
     torch.set_num_threads(max(1, num_threads))
-    store = ResultStore(store_root)
-    if store.is_done(kind, key):
-        return store.read_unit(kind, key)["summary"]
+    store = ResultStore(store_root, invocation=invocation)
     unit_kind = UNIT_KINDS.lookup(kind)()
-    try:
-        return unit_kind.run(key, unit_kind.config(config), store, num_threads)
-    except SegleakError as exc:
-        raise UnitRefused(str(exc)) from None
-    except Exception as exc:
-        raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc
+    with store.claim(kind, key) as mine:
+        if not mine:
+            return store.read_unit(kind, key)["summary"]
+        try:
+            return unit_kind.run(key, unit_kind.config(config), store, num_threads)
+        except DamagedUnit:
+            raise
+        except SegleakError as exc:
+            raise UnitRefused(str(exc)) from None
+        except Exception as exc:
+            raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc
