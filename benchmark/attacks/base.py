@@ -27,10 +27,12 @@ class Observed:
 
     released: Released
     is_member: np.ndarray | None = None
+    population: Released | None = None  # the same model's outputs on population images (RMIA's z)
 
     def subset(self, mask: np.ndarray) -> Observed:
         ids = [i for i, keep in zip(self.released.ids, mask) if keep]
-        return Observed(self.released.select(ids), None if self.is_member is None else self.is_member[mask])
+        return Observed(self.released.select(ids), None if self.is_member is None else self.is_member[mask],
+                        self.population)
 
 
 @dataclass
@@ -74,6 +76,8 @@ class Attack:
     needs: ClassVar[frozenset[str]] = frozenset({"shadow"})  # what the plan provides: shadow, references, ...
     label_param: ClassVar[str | None] = None  # the parameter shown in the label ("patch/slm")
     uses_attack_train: ClassVar[bool] = False  # reads the grid's `attack_train` block (training settings)
+    tunable: ClassVar[tuple[str, ...]] = ()  # parameters (or attack_train keys) a grid may tune with Ray Tune
+    tune_folds: ClassVar[tuple[str, ...]] = ("all",)  # folds of the attacker's data each tuned separately
 
     def __init__(self, attack_train: dict[str, Any] | None = None, **values: Any) -> None:
         self.values = check_params(f"attack {self.name!r}", self.params, values)
@@ -87,6 +91,16 @@ class Attack:
     @property
     def label(self) -> str:
         return f"{self.name}/{self.representation}" if self.label_param else self.name
+
+    def requirements(self) -> frozenset[str]:
+        """What the plan must provide for this attack with these values (the class's `needs` by default)."""
+        return self.needs
+
+    def with_values(self, values: dict[str, Any]) -> Attack:
+        """The same attack with some parameters (or attack_train keys) replaced: a tuning trial's candidate."""
+        own = {k: v for k, v in values.items() if k in self.params}
+        train = {k: v for k, v in values.items() if k not in self.params}
+        return type(self)(attack_train={**self.attack_train, **train}, **{**self.values, **own})
 
     def refusal(self, label_only: bool) -> str | None:
         """Why this attack cannot score a release (None: it can); a refused cell shows "—", never a 0.5."""
@@ -105,14 +119,31 @@ class Attack:
         """The attack's own operating threshold on the score scale (None: best balanced accuracy on calibration)."""
         return None
 
-    def fit_and_calibrate(self, data: AttackerData, out: Path, seed: int, calibration_fraction: float) -> Fitted:
-        """Fit on the shadow's query set minus a held-out calibration part, then score that part.
-
-        Attacks that calibrate otherwise (on reference models) override this."""
+    def _split(self, data: AttackerData, calibration_fraction: float, seed: int) -> tuple[AttackerData, Observed]:
         if data.shadow is None or data.shadow.is_member is None:
             raise SegleakError(f"attack {self.name!r} needs the shadow model's outputs with membership")
         held = calibration_split(data.shadow.is_member, calibration_fraction, seed)
-        fit_data = AttackerData(shadow=data.shadow.subset(~held), extras=data.extras)
+        return AttackerData(shadow=data.shadow.subset(~held), extras=data.extras), data.shadow.subset(held)
+
+    def fit_and_calibrate(self, data: AttackerData, out: Path, seed: int, calibration_fraction: float,
+                          fold_values: dict[str, dict[str, Any]] | None = None) -> Fitted:
+        """Fit on the shadow's query set minus a held-out calibration part, then score that part.
+
+        Attacks that calibrate otherwise (on reference models) override this; `fold_values` (values tuned
+        per fold of the attacker's data) matter only to them."""
+        fit_data, calibration = self._split(data, calibration_fraction, seed)
         state = self.fit(fit_data, out, seed)
-        calibration = data.shadow.subset(held)
         return Fitted(state, self.score(state, out, calibration, seed + 1), calibration.is_member)
+
+    # --- tuning (ray_jobs.tuning runs the trials) ---------------------------------------------------------
+    def tuning_data(self, data: AttackerData, seed: int, calibration_fraction: float) -> Any:
+        """What every tuning trial reads: the fitting part of the shadow's data only, so the held-out
+        calibration images that rank the attacks never shape a tuned value."""
+        return {"data": self._split(data, calibration_fraction, seed)[0], "fraction": calibration_fraction}
+
+    def tuning_metric(self, tuning: Any, fold: str, seed: int, workdir: Path) -> float:
+        """A trial's metric: the calibration AUC of a fit on the tuning data (its own inner held-out part)."""
+        from benchmark.metrics.membership import membership_metrics
+
+        fitted = self.fit_and_calibrate(tuning["data"], workdir, seed, tuning["fraction"])
+        return membership_metrics(fitted.calibration_scores, fitted.calibration_is_member, n_bootstrap=0)["auc"]
