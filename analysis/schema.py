@@ -18,6 +18,9 @@ ERROR_TAG = "segleak.error"
 REFUSED_TAG = "segleak.refused"
 MISSING_PREFIX = "segleak.missing."
 SELECTION_TAG = "segleak.selection"
+TUNED_TAG = "segleak.tuned"  # an attack's hyper-parameters tuned on the attacker's data (JSON)
+BANK_TAG = "segleak.bank"  # a reference model's bank: offline or online
+REFERENCE_INDEX_TAG = "segleak.reference_index"
 
 CELL_PARAMS = (
     "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",

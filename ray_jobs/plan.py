@@ -168,17 +168,17 @@ class _Builder:
         return self.plan.add(Unit("fit", unit_key("fit", config), config, (shadow_release,), label))
 
     def cell(self, fit_key: str, victim_release: str, victim_model: str, defense: DefenseSetting,
-             manifest: Manifest, source: DataSource, meta: CellMeta) -> str:
+             manifest: Manifest, source: DataSource, meta: CellMeta, population: str | None = None) -> str:
         members, nonmembers = manifest.scored()
         config = CellConfig(
             fit=fit_key, release=victim_release, victim_model=victim_model, dataset=source.spec,
             output_defense=(defense if defense.output_side else NO_DEFENSE).to_json(),
-            scored_ids=sorted(members + nonmembers), seed=meta.seed,
+            scored_ids=sorted(members + nonmembers), seed=meta.seed, population=population,
         )
         label = (f"{meta.attack_label} vs {meta.victim_arch} on {meta.dataset} [{meta.setting}, overlap "
                  f"{meta.shadow_overlap}, {meta.defense_label}{', placebo' if meta.control == 'placebo' else ''}]")
-        return self.plan.add(Unit("cell", unit_key("cell", config), config, (fit_key, victim_release, victim_model),
-                                  label, meta))
+        deps = (fit_key, victim_release, victim_model, *((population,) if population else ()))
+        return self.plan.add(Unit("cell", unit_key("cell", config), config, deps, label, meta))
 
     def blind(self, setting: Setting, manifest: Manifest, seed: int) -> str:
         victim, shadow = self.sources[setting.dataset], self.sources[setting.shadow_dataset]
@@ -195,7 +195,10 @@ class _Builder:
         return self.plan.add(Unit("blind", unit_key("blind", config), config, (), label, meta))
 
     def slice(self, setting: Setting, manifest: Manifest, seed: int, control: str) -> None:
+        from ray_jobs.bank import BankPlanner
+
         grid = self.grid
+        banks = BankPlanner(self)
         victim_src, shadow_src = self.sources[setting.dataset], self.sources[setting.shadow_dataset]
         where = {"overlap": manifest.overlap, "setting": setting.kind, "control": control}
         for victim_arch in grid.victim_archs:
@@ -204,13 +207,16 @@ class _Builder:
                     trained_with = NO_DEFENSE if defense.output_side else defense
                     victim_model = self.model(victim_src, manifest, "victim", victim_arch, trained_with, seed)
                     victim_release = self.release(victim_model, victim_src, manifest, "victim")
-                    # the adaptive attacker trains its shadow with the victim's training defense and passes
-                    # the shadow's outputs through the victim's output defense
-                    shadow_model = self.model(shadow_src, manifest, "shadow", shadow_arch,
-                                              trained_with if grid.adaptive else NO_DEFENSE, seed)
-                    shadow_release = self.release(shadow_model, shadow_src, manifest, "shadow")
+                    attacks = [a for a in grid.attacks if a.only.allows(victim_arch, **where, defense=defense.name)]
+                    # the adaptive attacker trains its shadow (and its reference models) with the victim's
+                    # training defense and passes their outputs through the victim's output defense
+                    attacker_trains = trained_with if grid.adaptive else NO_DEFENSE
+                    shadow_release = None
+                    if any("shadow" in a.attack.requirements() for a in attacks):
+                        shadow_model = self.model(shadow_src, manifest, "shadow", shadow_arch, attacker_trains, seed)
+                        shadow_release = self.release(shadow_model, shadow_src, manifest, "shadow")
                     seen = defense if defense.output_side and grid.adaptive else NO_DEFENSE
-                    for attack in (a for a in grid.attacks if a.only.allows(victim_arch, **where)):
+                    for attack in attacks:
                         meta = CellMeta(
                             dataset=setting.dataset, victim_arch=victim_arch, shadow_dataset=setting.shadow_dataset,
                             shadow_arch=shadow_arch,
@@ -220,9 +226,17 @@ class _Builder:
                             attack_label=attack.label, seed=seed, control=control, setting=setting.kind,
                             adaptive=grid.adaptive,
                         )
-                        fit_key = self.fit(shadow_release, attack, seen, seed)
-                        self.cell(fit_key, victim_release, victim_model, defense, manifest, victim_src, meta)
                         self.plan.n_cells_requested += 1
+                        if "references" not in attack.attack.requirements():
+                            fit_key = self.fit(shadow_release, attack, seen, seed)
+                            self.cell(fit_key, victim_release, victim_model, defense, manifest, victim_src, meta)
+                            continue
+                        fit_key = banks.victim_fit(attack, seen, attacker_trains, victim_src, manifest, victim_arch, seed)
+                        population = (banks.population_release(victim_model, victim_src, manifest)
+                                      if "population" in attack.attack.requirements() else None)
+                        self.cell(fit_key, victim_release, victim_model, defense, manifest, victim_src, meta, population)
+                        if grid.lira_protocol and control == "none":
+                            banks.protocol(attack, seen, attacker_trains, victim_src, manifest, meta)
 
 
 def build_plan(grid: Grid, sources: dict[str, DataSource], manifests: dict[tuple, Manifest]) -> Plan:

@@ -28,6 +28,7 @@ from benchmark.models.train import TRAIN_PARAMS
 from benchmark.params import Param, check_params
 from benchmark.paths import project_root
 from benchmark.registry import ATTACKS, DEFENSES
+from ray_jobs.bank import REFERENCE_PARAMS
 
 PROFILES_DIR = project_root() / "ray_jobs" / "profiles"
 SYNTHETIC = "synthetic"
@@ -50,12 +51,14 @@ class Only:
     overlaps: tuple[float, ...] = ()
     settings: tuple[str, ...] = ()
     controls: tuple[str, ...] = ()
+    defenses: tuple[str, ...] = ()  # attack entries: the defenses (by name) it is run against
 
-    def allows(self, victim_arch: str, overlap: float, setting: str, control: str) -> bool:
+    def allows(self, victim_arch: str, overlap: float, setting: str, control: str, defense: str | None = None) -> bool:
         return ((not self.victim_archs or victim_arch in self.victim_archs)
                 and (not self.overlaps or setting != "dependent" or overlap in self.overlaps)
                 and (not self.settings or setting in self.settings)
-                and (not self.controls or control in self.controls))
+                and (not self.controls or control in self.controls)
+                and (not self.defenses or defense is None or defense in self.defenses))
 
 
 EVERYWHERE = Only()
@@ -99,6 +102,7 @@ class AttackSetting:
     name: str
     params: tuple[tuple[str, Any], ...] = ()
     only: Only = field(default=EVERYWHERE, compare=False)
+    tune: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # candidate values Ray Tune chooses among, per parameter
 
     @property
     def params_dict(self) -> dict[str, Any]:
@@ -120,7 +124,8 @@ class AttackSetting:
         return self.attack.representation
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.params_dict}
+        tune = {"tune": {k: list(v) for k, v in self.tune}} if self.tune else {}
+        return {"name": self.name, "params": self.params_dict, **tune}
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,8 @@ class Grid:
     retries: int
     leakage_maps: bool = True
     blind: bool = True
+    references: dict[str, Any] = field(default_factory=dict)  # the reference banks' sizes (ray_jobs.bank)
+    lira_protocol: bool = False
 
     def shadow_archs_for(self, victim_arch: str) -> tuple[str, ...]:
         return self.shadow_archs if self.shadow_archs else (victim_arch,)
@@ -212,6 +219,8 @@ _TOP: dict[str, Param] = {
     "retries": Param(int, default=1, low=0),
     "leakage_maps": Param(bool, default=True),
     "blind": Param(bool, default=True, help="the blind baseline and shift test of every setting"),
+    "references": Param(dict, default={}, help="reference banks for LiRA, RMIA, calibrated loss: {count, online_count}"),
+    "lira_protocol": Param(bool, default=False, help="the LiRA evaluation protocol on each online reference bank"),
 }
 
 
@@ -252,11 +261,14 @@ ONLY_PARAMS = {
     "overlaps": Param(list, default=[], item=float),
     "settings": Param(list, default=[], item=str, choices=("dependent", "independent")),
     "controls": Param(list, default=[], item=str, choices=("none", *CONTROLS)),
+    "defenses": Param(list, default=[], item=str),
 }
 
 
 def _only(check: _Checker, where: str, entry: dict[str, Any]) -> Only:
     values = check(check_params, f"{where}.only", ONLY_PARAMS, entry.get("only", {}))
+    for i, name in enumerate(values["defenses"]):
+        check.at(f"{where}.only.defenses[{i}]", DEFENSES.lookup, name)
     return Only(**{k: tuple(v) for k, v in values.items()})
 
 
@@ -268,7 +280,7 @@ def _sweep(check: _Checker, where: str, entry: Any, registry, kind: str) -> list
     if not isinstance(entry, dict) or "name" not in entry:
         raise check.fail(where, f"expected a {kind} name or a mapping with 'name'")
     cls = check.at(f"{where}.name", registry.lookup, entry["name"])
-    params = {k: v for k, v in entry.items() if k not in ("name", "only")}
+    params = {k: v for k, v in entry.items() if k not in ("name", "only", "tune")}
     unknown = sorted(set(params) - set(cls.params))
     if unknown:
         raise check.fail(where, f"unknown key {unknown[0]!r} (known: {', '.join(cls.params) or 'none'})")
@@ -292,14 +304,35 @@ def _defenses(check: _Checker, entries: list[Any], class_counts: set[int]) -> tu
     return tuple(out)
 
 
+def _tune(check: _Checker, where: str, entry: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """An attack entry's `tune:` block: candidate values per tunable parameter, each checked like a value."""
+    raw = entry.get("tune", {}) if isinstance(entry, dict) else {}
+    if not isinstance(raw, dict):
+        raise check.fail(f"{where}.tune", f"expected a mapping of parameter -> candidate values, got {raw!r}")
+    cls = check.at(f"{where}.name", ATTACKS.lookup, entry["name"]) if raw else None
+    out = []
+    for key, values in raw.items():
+        if key not in cls.tunable:
+            raise check.fail(f"{where}.tune", f"unknown key {key!r} (tunable: {', '.join(cls.tunable) or 'none'})")
+        if key in entry:
+            raise check.fail(f"{where}.tune.{key}", "is also set in the entry: set it or tune it")
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise check.fail(f"{where}.tune.{key}", "expected at least one candidate value")
+        param = cls.params.get(key) or ATTACK_TRAIN_PARAMS[key]
+        out.append((key, tuple(check(param.check, f"{where}.tune.{key}[{i}]", v) for i, v in enumerate(values))))
+    return tuple(out)
+
+
 def _attacks(check: _Checker, entries: list[Any]) -> tuple[AttackSetting, ...]:
     out: list[AttackSetting] = []
     for i, entry in enumerate(entries):
         where = f"attacks[{i}]"
         only = _only(check, where, entry) if isinstance(entry, dict) else EVERYWHERE
+        tune = _tune(check, where, entry)
         for name, params in _sweep(check, where, entry, ATTACKS, "attack"):
             attack = check.at(where, ATTACKS.lookup(name), **params)
-            out.append(AttackSetting(name, _frozen(attack.values), only))
+            out.append(AttackSetting(name, _frozen(attack.values), only, tune))
     if len(set(out)) != len(out):
         raise check.fail("attacks", "an attack setting is listed twice")
     return tuple(out)
@@ -419,11 +452,25 @@ def validate(raw: Any, source: str) -> Grid:
         retries=top["retries"],
         leakage_maps=top["leakage_maps"],
         blind=top["blind"],
+        references=check(check_params, "references", REFERENCE_PARAMS, top["references"]),
+        lira_protocol=top["lira_protocol"],
     )
     if len(set(grid.seeds)) != len(grid.seeds) or len(set(grid.overlaps)) != len(grid.overlaps):
         raise check.fail("seeds/overlaps", "a value is listed twice")
     _check_crop(check, grid)
+    _check_reference_attacks(check, grid)
     return grid
+
+
+def _check_reference_attacks(check: _Checker, grid: Grid) -> None:
+    """Reference banks are drawn from the victim's dataset: refuse a reference attack that would run in an
+    independent setting (its pool and the victim's queries would lie in two datasets)."""
+    independent = any(s.kind == "independent" for s in grid.settings)
+    for attack in grid.attacks:
+        if "references" in attack.attack.requirements() and independent and (
+                not attack.only.settings or "independent" in attack.only.settings):
+            raise check.fail(f"attacks ({attack.label})", "reference attacks run in the dependent setting only: "
+                             "add only: {settings: [dependent]} to the entry")
 
 
 def load_grid(profile: str | None = None, grid_file: str | Path | None = None) -> Grid:

@@ -9,6 +9,7 @@ metrics alone. Groups of images (from the dataset adapter) make the AUC interval
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ class CellConfig:
     output_defense: dict[str, Any]  # the victim's output defense
     scored_ids: list[str]
     seed: int
+    population: str | None = None  # the victim's release on the attacker's population (RMIA's z)
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,13 @@ class CellKind(UnitKind):
             if scored.sum() != len(config.scored_ids):
                 raise SegleakError(f"release {config.release} lacks scored images of cell {key}")
             target = victim.subset(scored)
-            attack = build_attack(FitConfig(**fit_record["config"]))
+            attack = build_attack(FitConfig(**fit_record["config"]), fit_summary.get("tuned"))
+            population = None
+            if config.population:  # the same output defense, its own noise draw
+                population = load_observed(store, config.population, output_transform(config.output_defense),
+                                           config.seed + 3).released
             scores = attack.score(fit_summary["state"], store.local_dir("fit", config.fit),
-                                  Observed(target.released), config.seed + 2)  # no membership handed over
+                                  Observed(target.released, population=population), config.seed + 2)  # no membership
             if not np.all(np.isfinite(scores)):
                 raise SegleakError(f"attack {config.fit} produced non-finite scores on release {config.release}")
             adapter = get_adapter(config.dataset)
@@ -94,7 +100,7 @@ class CellKind(UnitKind):
             metrics = membership_metrics(scores, target.is_member, threshold=fit_summary["threshold"],
                                          seed=config.seed, groups=groups)
             metrics.update(victim_miou=miou(conf), calibration_auc=fit_summary["calibration_auc"],
-                           n_excluded=int((~scored).sum()), **dp)
+                           n_excluded=int((~scored).sum()), tuned=fit_summary.get("tuned") or {}, **dp)
             with open(out / SCORES, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["image_id", "group", "is_member", "score"])
@@ -118,7 +124,7 @@ class CellKind(UnitKind):
         if "refused" in summary:
             self._run(tracker, unit, "FINISHED", {schema.REFUSED_TAG: summary["refused"]}, {})
             return
-        cell_dir = store.local_dir("cell", unit.key)
+        cell_dir = store.local_dir(self.name, unit.key)
         roc = cell_dir / "roc.png"
         if not roc.exists():  # drawn on the driver: matplotlib stays out of the workers
             import pandas as pd
@@ -127,6 +133,8 @@ class CellKind(UnitKind):
 
             plot_cell_roc(pd.read_csv(cell_dir / SCORES), roc, title=unit.label, attack=unit.meta.attack_label)
         tags = {f"{schema.MISSING_PREFIX}{k}": v for k, v in (summary.get("missing") or {}).items()}
+        if summary.get("tuned"):
+            tags[schema.TUNED_TAG] = json.dumps(summary["tuned"], sort_keys=True)
         tags.update({f"segleak.fragile.{k}": v for k, v in (summary.get("fragile") or {}).items()})
         self._run(tracker, unit, "FINISHED", tags, {k: summary.get(k) for k in schema.CELL_METRICS},
                   [cell_dir / SCORES, roc])

@@ -39,6 +39,8 @@ class ModelMeta:
     n_train: int
     placebo: bool
     setting: str
+    index: int | None = None  # a reference model's index in its bank
+    bank: str | None = None  # a reference model's bank: "offline" or "online"
 
 
 @UNIT_KINDS.register_module()
@@ -70,18 +72,28 @@ class ModelKind(UnitKind):
         meta: ModelMeta = unit.meta
         if meta is None:
             return
-        tracker.log_run(schema.MODEL, f"{meta.role} {meta.arch} {meta.dataset} {meta.train_defense}",
+        tracker.log_run(schema.MODEL, _run_name(meta),
                         params={k: getattr(meta, k) for k in schema.MODEL_PARAMS},
                         tags={schema.UNIT_TAG: unit.key, schema.CHECKPOINT_TAG: f"{store.location('model', unit.key)}/model.pt",
-                              schema.PLACEBO_TAG: str(meta.placebo).lower(), schema.SETTING_TAG: meta.setting},
+                              schema.PLACEBO_TAG: str(meta.placebo).lower(), schema.SETTING_TAG: meta.setting,
+                              **_reference_tags(meta)},
                         metrics={k: summary.get(k) for k in schema.MODEL_METRICS})
 
     def log_failure(self, tracker, unit, error: str) -> None:
         meta: ModelMeta = unit.meta
         if meta is None:
             return
-        tracker.log_run(schema.MODEL, f"{meta.role} {meta.arch} {meta.dataset} {meta.train_defense}",
+        tracker.log_run(schema.MODEL, _run_name(meta),
                         params={k: getattr(meta, k) for k in schema.MODEL_PARAMS},
                         tags={schema.UNIT_TAG: unit.key, schema.ERROR_TAG: error[:4000], schema.SETTING_TAG: meta.setting,
                               schema.PLACEBO_TAG: str(meta.placebo).lower()},
                         status="FAILED")
+
+
+def _run_name(meta: ModelMeta) -> str:
+    role = meta.role if meta.index is None else f"{meta.role} {meta.bank} {meta.index}"
+    return f"{role} {meta.arch} {meta.dataset} {meta.train_defense}"
+
+
+def _reference_tags(meta: ModelMeta) -> dict[str, str]:
+    return {} if meta.index is None else {schema.REFERENCE_INDEX_TAG: str(meta.index), schema.BANK_TAG: str(meta.bank)}

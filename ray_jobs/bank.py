@@ -1,0 +1,201 @@
+"""The attacker's reference-model bank as plan units, and the fits, cells and LiRA-protocol units that read it.
+
+A reference is a normal `model` unit (role "reference", bank "offline" or "online", index i) trained on a
+seeded random subset of a pool, then a `release` of it on every image the attacks read (the attacker's pool
+and the victim's query images). Its subset depends only on (pool, size, seed, bank, i), so a unit's key does
+not depend on how many references the grid asks for: a bank of 16 reuses the 8 of a bank of 8.
+
+- offline pool = the attacker's own population (`manifest.pool("attacker")`: in the dependent setting the
+  shadow's fresh images and non-members), never a victim query image (checked here on every reference, and
+  again in the fit unit from what each model's data loader recorded);
+- online pool = that population plus the victim's query images (the attacker knows them and their ground
+  truth in this threat model; online LiRA trains on halves of the query set, as the paper does).
+Each reference trains on min(|victim's training set|, |pool| // 2) images: as many as the victim where the pool
+allows, while every image stays OUT of about half of the references or more. Adaptive, like the shadows: the
+references train with the victim's training-side defense, and their outputs pass through its output defense
+in the fit unit.
+
+The LiRA evaluation protocol (`lira_protocol: true` in a grid): the online bank's K models, each in turn the
+target and the others its references, scores pooled over targets (the fit's leave-one-reference-out
+calibration, cross-fitted when tuned); a placebo (each target's membership labels permuted) and a blind
+baseline (one reference's split, images alone) run next to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from benchmark.data.splits import Manifest
+from benchmark.errors import SegleakError
+from benchmark.params import Param
+from ray_jobs.units.blind import BlindConfig, BlindMeta
+from ray_jobs.units.cell import CellMeta
+from ray_jobs.units.fit import FitConfig
+from ray_jobs.units.model import ModelConfig, ModelMeta
+from ray_jobs.units.protocol import PROTOCOL_SETTING, ProtocolConfig
+from ray_jobs.units.release import ReleaseConfig
+
+if TYPE_CHECKING:
+    from ray_jobs.plan import DataSource, _Builder
+    from ray_jobs.spec import AttackSetting, DefenseSetting
+
+OFFLINE, ONLINE = "offline", "online"
+SEED_OFFSET = {OFFLINE: 20_000, ONLINE: 30_000}  # reference i of a bank trains with seed + offset + i
+
+# The grid's `references` block.
+REFERENCE_PARAMS: dict[str, Param] = {
+    "count": Param(int, default=8, low=3, help="reference models per bank (offline, and online unless set)"),
+    "online_count": Param(int, default=None, nullable=True, low=3, help="the online bank's size (null: count)"),
+}
+
+
+def subset_size(pool_size: int, victim_train: int) -> int:
+    """Images per reference: the victim's training-set size, at most half the pool."""
+    n = min(victim_train, pool_size // 2)
+    if n < 1:
+        raise SegleakError(f"pools too small: a reference bank needs a pool of at least 2 images, got {pool_size}")
+    return n
+
+
+def reference_subset(pool: Sequence[str], n: int, seed: int, bank: str, index: int,
+                     group_of: Callable[[str], str]) -> list[str]:
+    """Reference `index`'s training images: whole groups of a seeded shuffle of the pool, taken while they fit
+    in n (near-duplicate frames never straddle IN and OUT). A function of (pool, n, seed, bank, index) only."""
+    groups: dict[str, list[str]] = {}
+    for image_id in sorted(pool):
+        groups.setdefault(group_of(image_id), []).append(image_id)
+    keys = sorted(groups)
+    chosen: list[str] = []
+    for j in np.random.default_rng([seed, index, SEED_OFFSET[bank], 41]).permutation(len(keys)):
+        if len(chosen) + len(groups[keys[j]]) <= n:
+            chosen += groups[keys[j]]
+        if len(chosen) == n:
+            break
+    return sorted(chosen)
+
+
+@dataclass(frozen=True)
+class BankUnits:
+    """A planned bank: its references' release keys (index order), their training subsets, its pool and the
+    attacker's population."""
+
+    releases: tuple[str, ...]
+    subsets: tuple[tuple[str, ...], ...]
+    pool: tuple[str, ...]
+    population: tuple[str, ...]
+
+
+class BankPlanner:
+    """Adds reference banks and the units that read them to a plan (through the plan's builder)."""
+
+    def __init__(self, builder: _Builder) -> None:
+        self.builder, self.grid, self.plan = builder, builder.grid, builder.plan
+
+    def _model(self, source: DataSource, manifest: Manifest, arch: str, defense: DefenseSetting, seed: int,
+               bank: str, index: int, train: list[str], pool: Sequence[str]) -> str:
+        from ray_jobs.plan import NO_DEFENSE, Unit, unit_key
+
+        needs = defense.defense.needs
+        teacher = (self._model(source, manifest, arch, NO_DEFENSE, seed, bank, index, train, pool)
+                   if "teacher" in needs else None)
+        config = ModelConfig(
+            dataset=source.spec, root=source.root, arch=arch, train_ids=train,
+            heldout_ids=sorted(set(pool) - set(train)), train=dict(self.grid.train), defense=defense.to_json(),
+            seed=seed + SEED_OFFSET[bank] + index,
+            reference_ids=sorted(manifest.pool("shadow_reference")) if "reference_set" in needs else [],
+            teacher=teacher,
+        )
+        meta = ModelMeta(dataset=source.name, arch=arch, role="reference", train_defense=defense.label, overlap="n/a",
+                         seed=seed, n_train=len(train), placebo=False, setting=manifest.setting, index=index, bank=bank)
+        label = f"reference {index} ({bank} bank) {arch} on {source.name} ({defense.label})"
+        return self.plan.add(Unit("model", unit_key("model", config), config, (teacher,) if teacher else (), label, meta))
+
+    def _release(self, model_key: str, source: DataSource, members: Sequence[str], ids: Sequence[str]) -> str:
+        from ray_jobs.plan import Unit, unit_key
+
+        members = sorted(set(members) & set(ids))
+        config = ReleaseConfig(model=model_key, dataset=source.spec, root=source.root, members=members,
+                               nonmembers=sorted(set(ids) - set(members)),
+                               image_size=self.grid.train.get("image_size"), release=dict(self.grid.release))
+        label = f"outputs of {self.plan.units[model_key].label} on {len(ids)} images"
+        return self.plan.add(Unit("release", unit_key("release", config), config, (model_key,), label))
+
+    def bank(self, source: DataSource, manifest: Manifest, arch: str, defense: DefenseSetting, seed: int,
+             bank: str) -> BankUnits:
+        """The offline or online bank of (setting, arch, training defense, seed): its models and releases."""
+        attacker = sorted(manifest.pool("attacker"))
+        queries = sorted(manifest.victim.queried)
+        pool = attacker if bank == OFFLINE else sorted(set(attacker) | set(queries))
+        refs = self.grid.references
+        count = refs["count"] if bank == OFFLINE else refs.get("online_count") or refs["count"]
+        n = subset_size(len(pool), len(manifest.victim.train))
+        released = sorted(set(attacker) | set(queries))
+        releases, subsets = [], []
+        for index in range(count):
+            train = reference_subset(pool, n, seed, bank, index, manifest.group)
+            if bank == OFFLINE and set(train) & set(queries):
+                raise SegleakError(f"plan: offline reference {index} would train on victim query image "
+                                   f"{sorted(set(train) & set(queries))[0]!r}")
+            model = self._model(source, manifest, arch, defense, seed, bank, index, train, pool)
+            releases.append(self._release(model, source, train, released))
+            subsets.append(tuple(train))
+        return BankUnits(tuple(releases), tuple(subsets), tuple(pool), tuple(attacker))
+
+    def fit(self, attack: AttackSetting, seen: DefenseSetting, units: BankUnits, queries: Sequence[str],
+            seed: int) -> str:
+        """A reference attack fitted (and calibrated leave-one-reference-out) on a bank. `queries`: the victim's
+        query images an offline bank must never have trained on (the fit unit checks the recorded masks)."""
+        from ray_jobs.plan import Unit, unit_key
+
+        config = FitConfig(
+            release=None, attack=attack.to_json(), output_defense=seen.to_json(), attack_train={},
+            calibration_fraction=self.grid.calibration_fraction, seed=seed, references=list(units.releases),
+            pool=list(units.pool), population=list(units.population), queries=sorted(queries),
+        )
+        label = f"{attack.label} fitted on a bank of {len(units.releases)} references ({seen.label})"
+        return self.plan.add(Unit("fit", unit_key("fit", config), config, units.releases, label))
+
+    def population_release(self, victim_model: str, source: DataSource, manifest: Manifest) -> str:
+        """The victim's outputs on the attacker's population (RMIA's z)."""
+        return self._release(victim_model, source, manifest.victim.train, manifest.pool("attacker"))
+
+    def victim_fit(self, attack: AttackSetting, seen: DefenseSetting, trained_with: DefenseSetting,
+                   source: DataSource, manifest: Manifest, arch: str, seed: int) -> str:
+        """The fit a victim cell of a reference attack reads: on the online bank for online variants, else on
+        the offline one (with the victim's query images to check it against)."""
+        online = "online_references" in attack.attack.requirements()
+        units = self.bank(source, manifest, arch, trained_with, seed, ONLINE if online else OFFLINE)
+        return self.fit(attack, seen, units, () if online else manifest.victim.queried, seed)
+
+    def protocol(self, attack: AttackSetting, seen: DefenseSetting, trained_with: DefenseSetting,
+                 source: DataSource, manifest: Manifest, meta: CellMeta) -> None:
+        """The LiRA protocol cells of an attack (and its placebo) on the online bank, and the protocol's blind
+        baseline."""
+        from dataclasses import replace
+
+        from ray_jobs.plan import Unit, unit_key
+
+        units = self.bank(source, manifest, meta.victim_arch, trained_with, meta.seed, ONLINE)
+        fit_key = self.fit(attack, seen, units, (), meta.seed)
+        for control in ("none", "placebo"):
+            config = ProtocolConfig(fit=fit_key, dataset=source.spec, placebo=control == "placebo", seed=meta.seed)
+            cell_meta = replace(meta, setting=PROTOCOL_SETTING, shadow_overlap="n/a", control=control)
+            label = (f"{meta.attack_label} LiRA protocol on {len(units.releases)} {meta.victim_arch} references "
+                     f"[{meta.defense_label}{', placebo' if control == 'placebo' else ''}]")
+            self.plan.add(Unit("protocol", unit_key("protocol", config), config, (fit_key,), label, cell_meta))
+        first, second = (set(s) for s in units.subsets[:2])
+        blind = BlindConfig(
+            dataset=source.spec, root=source.root, members=sorted(first), nonmembers=sorted(set(units.pool) - first),
+            shadow_dataset=source.spec, shadow_root=source.root, shadow_members=sorted(second),
+            shadow_nonmembers=sorted(set(units.pool) - second), image_size=self.grid.train.get("image_size"),
+            seed=meta.seed,
+        )
+        blind_meta = BlindMeta(dataset=source.name, shadow_dataset=source.name, setting=PROTOCOL_SETTING,
+                               seed=meta.seed, overlap="n/a")
+        self.plan.add(Unit("blind", unit_key("blind", blind), blind, (), "blind baseline, LiRA protocol "
+                           f"(reference 0's split of the online pool, {source.name})", blind_meta))
+
