@@ -42,6 +42,7 @@ def _aggregate_group(group: pd.DataFrame) -> dict[str, object]:
         "n_failed": int((group["status"] == "FAILED").sum()),
         "error": _join_unique(group["error"]),
         "missing": _join_unique(group["missing"]),
+        "tuned": _join_unique(group["tuned"]) if "tuned" in group else "",
         "run_ids": ";".join(group["run_id"]),
         "defense_key": group["defense_key"].iloc[0],
     }

@@ -21,7 +21,7 @@ MISSING = "—"
 CSV_COLUMNS = (
     "setting", "dataset", "shadow_dataset", "victim_arch", "shadow_arch", "shadow_overlap", "defense",
     "defense_params", "defense_label", "control", "attack", "representation", "attack_label", "strongest",
-    "status", "n_seeds", "seeds", "n_failed", "error", "refused", "missing", "placebo_pass",
+    "status", "n_seeds", "seeds", "n_failed", "error", "refused", "missing", "placebo_pass", "tuned",
 )
 CSV_METRICS = (
     "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",

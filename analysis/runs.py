@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.schema import (
     BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS, CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
-    MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG,
+    MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG, TUNED_TAG,
 )
 from benchmark.errors import SegleakError
 
@@ -161,6 +161,7 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
     out["setting"] = _column(frame, f"tags.{SETTING_TAG}").fillna(same.map({True: "dependent", False: "independent"}))
     out["error"] = _column(frame, f"tags.{ERROR_TAG}")
     out["refused"] = _column(frame, f"tags.{REFUSED_TAG}")
+    out["tuned"] = _column(frame, f"tags.{TUNED_TAG}")
     missing_cols = [c for c in frame.columns if c.startswith(f"tags.{MISSING_PREFIX}")]
     out["missing"] = [
         "; ".join(f"{c.removeprefix('tags.' + MISSING_PREFIX)}: {row[c]}" for c in missing_cols if isinstance(row[c], str))

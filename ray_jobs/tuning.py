@@ -15,7 +15,6 @@ Tune starts an actor per trial), and each sets its own torch threads.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,6 @@ def tune_attack(attack: Attack, data: AttackerData, space: dict[str, list[Any]],
     unknown = sorted(set(space) - set(attack.tunable))
     if unknown:
         raise SegleakError(f"attack {attack.name!r} cannot tune {unknown[0]!r} (tunable: {', '.join(attack.tunable) or 'none'})")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     tuning = attack.tuning_data(data, seed, calibration_fraction)
     trainable = tune.with_resources(tune.with_parameters(_trial, attack=attack, tuning=tuning, seed=seed),
                                     {"cpu": 0, "memory": TRIAL_MEMORY})
