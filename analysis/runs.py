@@ -1,4 +1,4 @@
-"""Reads one invocation's runs out of MLflow: the only module that knows how the grid logs (DESIGN.md schema).
+"""Reads one invocation's runs out of MLflow: the only module that knows how the grid logs (analysis/schema.py).
 
 Everything downstream works on two plain DataFrames (cells, models) with typed columns, so the table and
 plot code never touches MLflow and can be tested on frames alone.
