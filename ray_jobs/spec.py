@@ -51,14 +51,14 @@ class Only:
     overlaps: tuple[float, ...] = ()
     settings: tuple[str, ...] = ()
     controls: tuple[str, ...] = ()
-    defenses: tuple[str, ...] = ()  # attack entries: the defenses (by name) it is run against
+    defenses: tuple[str, ...] = ()  # attacks only: the defenses (by name) the attack is run against
 
-    def allows(self, victim_arch: str, overlap: float, setting: str, control: str, defense: str | None = None) -> bool:
+    def allows(self, victim_arch: str, overlap: float, setting: str, control: str, defense: str = "") -> bool:
         return ((not self.victim_archs or victim_arch in self.victim_archs)
                 and (not self.overlaps or setting != "dependent" or overlap in self.overlaps)
                 and (not self.settings or setting in self.settings)
                 and (not self.controls or control in self.controls)
-                and (not self.defenses or defense is None or defense in self.defenses))
+                and (not self.defenses or defense in self.defenses))
 
 
 EVERYWHERE = Only()
@@ -265,10 +265,12 @@ ONLY_PARAMS = {
 }
 
 
-def _only(check: _Checker, where: str, entry: dict[str, Any]) -> Only:
+def _only(check: _Checker, where: str, entry: dict[str, Any], attack: bool = False) -> Only:
     values = check(check_params, f"{where}.only", ONLY_PARAMS, entry.get("only", {}))
-    for i, name in enumerate(values["defenses"]):
-        check.at(f"{where}.only.defenses[{i}]", DEFENSES.lookup, name)
+    if values["defenses"] and not attack:
+        raise check.fail(f"{where}.only.defenses", "only an attack entry can name the defenses it runs against")
+    for name in values["defenses"]:
+        check.at(f"{where}.only.defenses", DEFENSES.lookup, name)
     return Only(**{k: tuple(v) for k, v in values.items()})
 
 
@@ -328,7 +330,7 @@ def _attacks(check: _Checker, entries: list[Any]) -> tuple[AttackSetting, ...]:
     out: list[AttackSetting] = []
     for i, entry in enumerate(entries):
         where = f"attacks[{i}]"
-        only = _only(check, where, entry) if isinstance(entry, dict) else EVERYWHERE
+        only = _only(check, where, entry, attack=True) if isinstance(entry, dict) else EVERYWHERE
         tune = _tune(check, where, entry)
         for name, params in _sweep(check, where, entry, ATTACKS, "attack"):
             attack = check.at(where, ATTACKS.lookup(name), **params)

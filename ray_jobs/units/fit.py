@@ -2,8 +2,8 @@
 models' outputs, through the output defense it attacks), with its calibration figures from a held-out part
 of that data, and its hyper-parameters tuned with Ray Tune when the grid asks (ray_jobs.tuning).
 
-Not the grid cell: MLflow's `segleak.kind=attack` runs are cells (DESIGN.md's contract); a fit has no run of
-its own, and its calibration AUC, threshold and tuned values are logged with every cell that uses it.
+Not the grid cell: MLflow's `segleak.kind=attack` runs are cells (the MLflow contract in analysis/schema.py); a fit
+has no run of its own, and its calibration AUC, threshold and tuned values are logged with every cell that uses it.
 """
 
 from __future__ import annotations
