@@ -207,7 +207,8 @@ class _Builder:
                     trained_with = NO_DEFENSE if defense.output_side else defense
                     victim_model = self.model(victim_src, manifest, "victim", victim_arch, trained_with, seed)
                     victim_release = self.release(victim_model, victim_src, manifest, "victim")
-                    attacks = [a for a in grid.attacks if a.only.allows(victim_arch, **where, defense=defense.name)]
+                    attacks = [a for a in grid.attacks
+                               if a.only.allows(victim_arch, **where, defense=defense.name, defense_label=defense.label)]
                     # the adaptive attacker trains its shadow (and its reference models) with the victim's
                     # training defense and passes their outputs through the victim's output defense
                     attacker_trains = trained_with if grid.adaptive else NO_DEFENSE

@@ -51,14 +51,15 @@ class Only:
     overlaps: tuple[float, ...] = ()
     settings: tuple[str, ...] = ()
     controls: tuple[str, ...] = ()
-    defenses: tuple[str, ...] = ()  # attacks only: the defenses (by name) the attack is run against
+    defenses: tuple[str, ...] = ()  # attacks only: the defenses (by name, or one setting by its label) it runs against
 
-    def allows(self, victim_arch: str, overlap: float, setting: str, control: str, defense: str = "") -> bool:
+    def allows(self, victim_arch: str, overlap: float, setting: str, control: str, defense: str = "",
+               defense_label: str = "") -> bool:
         return ((not self.victim_archs or victim_arch in self.victim_archs)
                 and (not self.overlaps or setting != "dependent" or overlap in self.overlaps)
                 and (not self.settings or setting in self.settings)
                 and (not self.controls or control in self.controls)
-                and (not self.defenses or defense in self.defenses))
+                and (not self.defenses or defense in self.defenses or defense_label in self.defenses))
 
 
 EVERYWHERE = Only()
@@ -269,8 +270,8 @@ def _only(check: _Checker, where: str, entry: dict[str, Any], attack: bool = Fal
     values = check(check_params, f"{where}.only", ONLY_PARAMS, entry.get("only", {}))
     if values["defenses"] and not attack:
         raise check.fail(f"{where}.only.defenses", "only an attack entry can name the defenses it runs against")
-    for name in values["defenses"]:
-        check.at(f"{where}.only.defenses", DEFENSES.lookup, name)
+    for name in values["defenses"]:  # a name, or a setting's label such as "gaussian(sigma=0.05)"
+        check.at(f"{where}.only.defenses", DEFENSES.lookup, name.split("(")[0])
     return Only(**{k: tuple(v) for k, v in values.items()})
 
 

@@ -28,6 +28,7 @@ from benchmark.params import Param
 from benchmark.registry import ATTACKS
 
 PSI_MIN = 0.05  # each dimension keeps at least this share of unique (non-factor) variance
+VAR_FLOOR = 1e-6  # a dimension's variance is at least this share of the median dimension's
 
 
 def residual_rows(values: np.ndarray, masks: np.ndarray, m: Moments, online: bool) -> np.ndarray:
@@ -84,10 +85,14 @@ class DenseLiRA(ReferenceAttack):
 
     def covariance(self, view: BankView, m: Moments) -> np.ndarray:
         variance = m.var_all if self.online else m.var_out
-        if not np.isfinite(variance).any():
-            raise SegleakError("the reference bank is too small to estimate a covariance: add references")
-        variance = np.where(np.isfinite(variance) & (variance > 0), variance, np.nanmedian(variance))
-        sd = np.sqrt(variance)
+        positive = variance[np.isfinite(variance) & (variance > 0)]
+        if not len(positive):
+            raise SegleakError("the reference bank is too small to estimate a covariance (no dimension varies "
+                               "across references): add references")
+        # a dimension that never varied (label-only outputs of a class every reference gets right) or never
+        # had two references on a side gets a floor, not a zero that would make the covariance singular
+        floor = VAR_FLOOR * np.median(positive)
+        sd = np.sqrt(np.where(np.isfinite(variance), np.maximum(variance, floor), np.median(positive)))
         corr = shrunk_correlation(residual_rows(view.refs, view.masks, m, self.online), self.values["rank"])
         return corr * sd[:, None] * sd[None, :]
 
