@@ -18,7 +18,8 @@ in the fit unit.
 The LiRA evaluation protocol (`lira_protocol: true` in a grid): the online bank's K models, each in turn the
 target and the others its references, scores pooled over targets (the fit's leave-one-reference-out
 calibration, cross-fitted when tuned); a placebo (each target's membership labels permuted) and a blind
-baseline (one reference's split, images alone) run next to it.
+baseline (reference 0's split of one half of the pool, predicted from the images alone by a classifier
+fitted on reference 1's split of the other half) run next to it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 OFFLINE, ONLINE = "offline", "online"
 SEED_OFFSET = {OFFLINE: 20_000, ONLINE: 30_000}  # reference i of a bank trains with seed + offset + i
+BLIND_INDEX = 10**6  # the stream that halves the online pool for the protocol's blind baseline (no reference)
 
 # The grid's `references` block.
 REFERENCE_PARAMS: dict[str, Param] = {
@@ -187,12 +189,16 @@ class BankPlanner:
             label = (f"{meta.attack_label} LiRA protocol on {len(units.releases)} {meta.victim_arch} references "
                      f"[{meta.defense_label}{', placebo' if control == 'placebo' else ''}]")
             self.plan.add(Unit("protocol", unit_key("protocol", config), config, (fit_key,), label, cell_meta))
+        # the blind classifier learns reference 1's split on one half of the pool (whole groups) and scores
+        # reference 0's split on the other half: never its own training images, so its interval is honest
+        half = set(reference_subset(units.pool, len(units.pool) // 2, meta.seed, ONLINE, BLIND_INDEX, manifest.group))
+        scored, fitted = sorted(set(units.pool) - half), sorted(half)
         first, second = (set(s) for s in units.subsets[:2])
         blind = BlindConfig(
-            dataset=source.spec, root=source.root, members=sorted(first), nonmembers=sorted(set(units.pool) - first),
-            shadow_dataset=source.spec, shadow_root=source.root, shadow_members=sorted(second),
-            shadow_nonmembers=sorted(set(units.pool) - second), image_size=self.grid.train.get("image_size"),
-            seed=meta.seed,
+            dataset=source.spec, root=source.root, members=[i for i in scored if i in first],
+            nonmembers=[i for i in scored if i not in first], shadow_dataset=source.spec, shadow_root=source.root,
+            shadow_members=[i for i in fitted if i in second], shadow_nonmembers=[i for i in fitted if i not in second],
+            image_size=self.grid.train.get("image_size"), seed=meta.seed,
         )
         blind_meta = BlindMeta(dataset=source.name, shadow_dataset=source.name, setting=PROTOCOL_SETTING,
                                seed=meta.seed, overlap="n/a")

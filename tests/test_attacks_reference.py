@@ -302,3 +302,13 @@ def test_a_bank_refuses_misaligned_releases_and_too_few_references() -> None:
         Bank(bank.ids, shuffled, bank.masks, bank.pool)
     with pytest.raises(SegleakError, match="'elsewhere' is not in"):
         Bank(bank.ids, bank.references, bank.masks, ["elsewhere"])
+
+
+def test_dense_lira_survives_a_dimension_no_reference_varies_on() -> None:
+    rng = np.random.default_rng(5)
+    refs = rng.normal(0, 1, (6, 4, 3))
+    refs[:, :, 2] = 2.0  # e.g. a class every reference gets entirely right on label-only outputs
+    masks = rng.random((6, 4)) < 0.5
+    for variant in ("offline", "online"):
+        scores = attack("dense_lira", variant=variant).bank_scores(view_of(refs, masks, rng.normal(0, 1, (4, 3))))
+        assert np.isfinite(scores).all()

@@ -26,7 +26,7 @@ REFERENCE_ATTACKS = [
 def grid_file(tmp_path: Path, count: int = 8, protocol: bool = True, **changes) -> Path:
     raw = yaml.safe_load((PROFILES_DIR / "default.yaml").read_text())
     only = {"victim_archs": ["pspnet_tiny"], "overlaps": [0.0], "settings": ["dependent"],
-            "defenses": ["none", "argmax", "gaussian", "dp_sgd"]}
+            "defenses": ["none", "argmax", "gaussian", "dp_sgd(max_grad_norm=1, noise_multiplier=1)"]}
     raw.update(references={"count": count}, lira_protocol=protocol,
                attacks=[{"name": "patch", "representation": "slm"}] + [{**a, "only": only} for a in REFERENCE_ATTACKS])
     raw.update(changes)
@@ -139,6 +139,9 @@ def test_the_lira_protocol_pools_the_online_bank_with_its_null_checks(planned):
         assert fit.config.queries == [] and unit.meta.setting == "lira_protocol"
     blind = [u for u in plan.of_kind("blind") if u.meta.setting == "lira_protocol"]
     assert len(blind) == 1 and not set(blind[0].config.members) & set(blind[0].config.nonmembers)
+    scored = set(blind[0].config.members) | set(blind[0].config.nonmembers)
+    fitted = set(blind[0].config.shadow_members) | set(blind[0].config.shadow_nonmembers)
+    assert not scored & fitted and scored | fitted == set(plan.units[units[0].config.fit].config.pool)
     online_lira = [u for u in units if u.meta.attack_label == "lira/online"]
     victim_fits = {c.config.fit for c in plan.of_kind("cell") if c.meta.attack_label == "lira/online"}
     assert {u.config.fit for u in online_lira} <= victim_fits  # the online fit is shared, not recomputed
@@ -164,9 +167,19 @@ def test_grid_refuses_bad_reference_entries(tmp_path):
         load_grid(grid_file=grid_file(tmp_path, attacks=[{"name": "rmia", "tune": {"a": [0.5, 2.0]}}]))
     with pytest.raises(SegleakError, match="dependent setting only"):
         load_grid(grid_file=grid_file(tmp_path, attacks=[{"name": "calibrated_loss"}]))
-    with pytest.raises(SegleakError, match=r"only.defenses\[0\]: unknown defense 'nothing'"):
+    with pytest.raises(SegleakError, match=r"only.defenses: unknown defense 'nothing'"):
         load_grid(grid_file=grid_file(tmp_path, attacks=[{"name": "patch", "only": {"defenses": ["nothing"]}}]))
     with pytest.raises(SegleakError, match=r"references.count: value 1 is outside"):
         load_grid(grid_file=grid_file(tmp_path, references={"count": 1}))
     grid = load_grid(grid_file=grid_file(tmp_path))
     assert dataclasses.replace(grid).attacks[1].to_json()["tune"] == {"variance": ["global", "per_example"]}
+
+
+def test_only_defenses_names_one_defense_setting_by_its_label(tmp_path):
+    only = {"overlaps": [0.0], "settings": ["dependent"], "defenses": ["dp_sgd(max_grad_norm=1, noise_multiplier=1)"]}
+    path = grid_file(tmp_path, attacks=[{"name": "calibrated_loss", "only": only}],
+                     defenses=["none", {"name": "dp_sgd", "noise_multiplier": [0.0, 1.0], "max_grad_norm": 1.0}])
+    plan = _plan(load_grid(grid_file=path), tmp_path)
+    assert {c.meta.defense_label for c in plan.of_kind("cell")} == {"dp_sgd(max_grad_norm=1, noise_multiplier=1)"}
+    with pytest.raises(SegleakError, match="unknown defense 'dp'"):
+        load_grid(grid_file=grid_file(tmp_path, attacks=[{"name": "patch", "only": {"defenses": ["dp(sigma=1)"]}}]))

@@ -58,7 +58,7 @@ def test_shadows_are_trained_with_the_victims_training_defense(default_plan, tmp
     shadow_defenses = {(u.config.defense["name"], str(u.config.defense["params"])) for u in _roles(plan, "shadow")}
     victim_defenses = {(u.config.defense["name"], str(u.config.defense["params"])) for u in _roles(plan, "victim")}
     assert shadow_defenses == victim_defenses  # adaptive: every training defense has its shadow
-    for cell in plan.of_kind("cell"):
+    for cell in _shadow_cells(plan):  # reference banks: tests/test_grid_bank.py
         fit = plan.units[cell.config.fit]
         shadow = plan.units[plan.units[fit.config.release].config.model]
         victim = plan.units[cell.config.victim_model]
@@ -71,9 +71,13 @@ def test_shadows_are_trained_with_the_victims_training_defense(default_plan, tmp
     assert all(not c.meta.adaptive for c in plain.of_kind("cell"))
 
 
+def _shadow_cells(plan):
+    return [c for c in plan.of_kind("cell") if plan.units[c.config.fit].config.release is not None]
+
+
 def test_cells_score_only_what_the_attacker_never_trained_on(default_plan):
     _, plan = default_plan
-    for cell in plan.of_kind("cell"):
+    for cell in _shadow_cells(plan):  # (online reference banks train on the query images by design)
         fit = plan.units[cell.config.fit]
         shadow_release = plan.units[fit.config.release]
         attacker_trained = set(shadow_release.config.members) | set(shadow_release.config.nonmembers)
@@ -90,8 +94,8 @@ def test_null_checks_run_at_every_overlap_for_every_attack(default_plan):
     grid, plan = default_plan
     placebo = {(c.meta.shadow_overlap, c.meta.attack_label) for c in plan.of_kind("cell") if c.meta.control == "placebo"
                and c.meta.setting == "dependent"}
-    assert placebo == {(o, a.label) for o in grid.overlaps for a in grid.attacks}
-    blind = plan.of_kind("blind")
+    assert placebo == {(o, a.label) for o in grid.overlaps for a in grid.attacks if o in (a.only.overlaps or (o,))}
+    blind = [u for u in plan.of_kind("blind") if u.meta.setting != "lira_protocol"]
     assert {(u.meta.setting, u.meta.dataset) for u in blind} == {(s.kind, s.dataset) for s in grid.settings}
 
 
@@ -104,7 +108,7 @@ def test_every_cell_is_planned_once(default_plan):
 def test_dependencies_point_to_planned_units_of_the_previous_stage(default_plan):
     _, plan = default_plan
     previous = {"release": {"model"}, "fit": {"release"}, "cell": {"fit", "release", "model"}, "model": {"model"},
-                "blind": set()}
+                "blind": set(), "protocol": {"fit"}}
     for unit in plan.units.values():
         assert {plan.units[d].kind for d in unit.deps} <= previous[unit.kind]
     order = {u.key: i for i, u in enumerate(plan.topological())}
