@@ -69,7 +69,10 @@ def _figure(
         floor_x = min(floor_x, 1 / int((scores["is_member"] == 0).sum()))
         floor_y = min(floor_y, 1 / int((scores["is_member"] == 1).sum()))
     labels = [label for label in labels if label in curves]
-    where = "no shadow overlap (independent setting)" if math.isnan(overlap) else f"shadow overlap {overlap:g}"
+    where = f"shadow overlap {overlap:g}"
+    if math.isnan(overlap):
+        where = ("each reference in turn the target, scores pooled" if setting == "lira_protocol"
+                 else "no shadow overlap (independent setting)")
     name = f"ROC {arch}, {where} ({dataset} vs {shadow_dataset})"
     if not labels:
         return skip(name, "no scores.csv artifact in its cells")

@@ -119,3 +119,14 @@ def test_protocol_pools_every_pseudo_target_and_its_placebo_is_at_chance(tmp_pat
     assert scores[0] == "image_id,group,target,is_member,score" and len(scores) == 8 * 50 + 1
     assert asdict(ProtocolConfig("f", DATASET, True, 0))["placebo"] is True
     assert np.isfinite(real["auc"])
+
+
+def test_tuning_picks_the_best_value_per_fold_and_breaks_ties_by_the_listed_order() -> None:
+    from ray_jobs.tuning import best_per_fold
+
+    space = {"a": [0.5, 0.0, 1.0]}
+    rows = [{"fold": f, "a": a, "auc": auc} for f, a, auc in
+            [("all", 1.0, 0.7), ("all", 0.0, 0.7), ("all", 0.5, 0.6), ("even", 0.5, 0.9), ("even", 0.0, 0.8),
+             ("odd", 1.0, 0.55), ("odd", 0.5, 0.5)]]
+    assert best_per_fold(rows, space) == {"all": {"a": 0.0}, "even": {"a": 0.5}, "odd": {"a": 1.0}}
+    assert best_per_fold(list(reversed(rows)), space) == best_per_fold(rows, space)
