@@ -171,6 +171,10 @@ def test_grid_refuses_bad_reference_entries(tmp_path):
         load_grid(grid_file=grid_file(tmp_path, attacks=[{"name": "patch", "only": {"defenses": ["nothing"]}}]))
     with pytest.raises(SegleakError, match=r"references.count: value 1 is outside"):
         load_grid(grid_file=grid_file(tmp_path, references={"count": 1}))
+    with pytest.raises(SegleakError, match=r"attacks\[0\]\.tune\.crop: is also set"):
+        load_grid(grid_file=grid_file(tmp_path, attacks=[{"name": "patch", "crop": 8, "tune": {"crop": [8]}}]))
+    grid = load_grid(grid_file=grid_file(tmp_path, attacks=[{"name": "patch", "tune": {"crop": [8, 12], "epochs": 4}}]))
+    assert grid.attacks[0].to_json()["tune"] == {"crop": [8, 12], "epochs": [4]}
     grid = load_grid(grid_file=grid_file(tmp_path))
     assert dataclasses.replace(grid).attacks[1].to_json()["tune"] == {"variance": ["global", "per_example"]}
 

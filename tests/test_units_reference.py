@@ -130,3 +130,27 @@ def test_tuning_picks_the_best_value_per_fold_and_breaks_ties_by_the_listed_orde
              ("odd", 1.0, 0.55), ("odd", 0.5, 0.5)]]
     assert best_per_fold(rows, space) == {"all": {"a": 0.0}, "even": {"a": 0.5}, "odd": {"a": 1.0}}
     assert best_per_fold(list(reversed(rows)), space) == best_per_fold(rows, space)
+
+
+def test_patch_attack_tunes_its_training_on_the_shadows_fitting_part_only(tmp_path: Path) -> None:
+    import ray
+
+    from benchmark.attacks.base import AttackerData, calibration_split
+    from benchmark.registry import ATTACKS
+    from ray_jobs.tuning import tune_attack
+    from test_attacks_contract import ATTACK_TRAIN, release
+
+    patch = ATTACKS.lookup("patch")(attack_train=ATTACK_TRAIN)
+    shadow = release(20, 20, 0, signal=2.0, prefix="shadow")
+    tuning = patch.tuning_data(AttackerData(shadow=shadow), 0, 0.25)
+    held = calibration_split(shadow.is_member, 0.25, 0)
+    assert set(tuning["data"].shadow.released.ids) == {i for i, h in zip(shadow.released.ids, held) if not h}
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        folds = tune_attack(patch, AttackerData(shadow=shadow), {"epochs": [1, 3]}, 0, 0.25)
+    finally:
+        ray.shutdown()
+    assert set(folds) == {"all"} and folds["all"]["epochs"] in (1, 3)
+    assert patch.with_values(folds["all"]).attack_train["epochs"] == folds["all"]["epochs"]
+    with pytest.raises(SegleakError, match="cannot tune 'lr'"):
+        tune_attack(patch, AttackerData(shadow=shadow), {"lr": [0.1]}, 0, 0.25)
