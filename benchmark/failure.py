@@ -27,12 +27,12 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def disk_full(exc: BaseException) -> str | None:
-    """What a full disk stopped (a file name where the error gives one), or None when this is not one."""
+    """None when `exc` is not a full disk; else what it stopped, as " while writing <file>" (or "")."""
     for item in _chain(exc):
         if isinstance(item, OSError) and item.errno in DISK_FULL_ERRNOS:
-            return f"writing {item.filename}" if item.filename else "writing"
+            return f" while writing {item.filename}" if item.filename else ""
         if any(text in str(item).lower() for text in DISK_FULL_TEXTS):
-            return "writing the MLflow database" if "database" in str(item).lower() else "writing"
+            return " while writing the MLflow database" if "database" in str(item).lower() else ""
     return None
 
 
@@ -45,7 +45,7 @@ def one_line(exc: BaseException, limit: int = 1000) -> str:
     """`exc` as one line for a terminal or a log: the cause, a full disk named as such, URIs redacted."""
     where = disk_full(exc)
     if where is not None:
-        return f"the disk is full ({where}): free some space and run again; finished units are kept"
+        return f"the disk is full{where}: free some space and run again; finished units are kept"
     text = first_line(str(exc))
     line = text if isinstance(exc, SegleakError) else f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return redact(line)[:limit]
