@@ -52,7 +52,7 @@ def remove_session(session: Path) -> None:
     shutil.rmtree(session, ignore_errors=True)
 
 
-def _holders(session: Path) -> list[tuple[int, str]]:
+def holders(session: Path) -> list[tuple[int, str]]:
     """(pid, name) of the processes whose command line or open files point into the session folder."""
     prefix = f"{session}{os.sep}"
     found = []
@@ -116,7 +116,7 @@ def sweep_sessions(temp_dir: Path | None = None) -> tuple[int, int]:
             continue
         if owner_alive(record.get("host_id"), record.get("pid"), record.get("start")) is not False:
             continue
-        holders = _holders(session)
+        holders = holders(session)
         if any(name in CORE for _, name in holders):
             continue
         _terminate([pid for pid, _ in holders])
