@@ -116,11 +116,11 @@ def sweep_sessions(temp_dir: Path | None = None) -> tuple[int, int]:
             continue
         if owner_alive(record.get("host_id"), record.get("pid"), record.get("start")) is not False:
             continue
-        holders = holders(session)
-        if any(name in CORE for _, name in holders):
+        left = holders(session)
+        if any(name in CORE for _, name in left):
             continue
-        _terminate([pid for pid, _ in holders])
-        killed += len(holders)
+        _terminate([pid for pid, _ in left])
+        killed += len(left)
         remove_session(session)
         removed += 1
     latest = root / "session_latest"
