@@ -36,11 +36,15 @@ def raise_stopped(signum: int, _frame: FrameType | None) -> None:
     raise Stopped(signum)
 
 
-def rearm(signals: tuple[int, ...] = TERMINATE) -> None:
-    """Install `raise_stopped` again where a library replaced it (`ray.init` sets its own SIGTERM handler,
-    which exits without unwinding: no parent run marked, no clean-up). Main thread only; a no-op elsewhere."""
+_ARMED: list[int] = []  # the signals of the `stop_on_signals` blocks now open
+
+
+def rearm() -> None:
+    """Inside `stop_on_signals`: install `raise_stopped` again where a library replaced it (`ray.init` sets
+    its own SIGTERM handler, which exits without unwinding: no parent run marked, no clean-up). Outside such
+    a block (a library caller) nothing changes."""
     if threading.current_thread() is threading.main_thread():
-        for sig in signals:
+        for sig in set(_ARMED):
             signal.signal(sig, raise_stopped)
 
 
@@ -51,8 +55,11 @@ def stop_on_signals(signals: tuple[int, ...] = TERMINATE) -> Iterator[None]:
         yield
         return
     previous = {sig: signal.signal(sig, raise_stopped) for sig in signals}
+    _ARMED.extend(signals)
     try:
         yield
     finally:
+        for sig in signals:
+            _ARMED.remove(sig)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

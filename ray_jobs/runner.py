@@ -128,7 +128,8 @@ def _run(plan: Plan, grid, store: ResultStore, tracker, address: str | None, max
             session = current_session()
             if session is not None:
                 mark_session(session)
-        check_resources(plan, grid.resources, cluster_capacity(), f"the Ray cluster at {redact(address or 'local')}")
+        check_resources(plan, grid.resources, cluster_capacity(),
+                        f"the Ray cluster at {redact(address)}" if address else "the local Ray instance")
         outcome = Scheduler(plan, store, grid.resources, grid.retries, max_concurrent,
                             on_done=reporter.unit_done, on_failed=reporter.unit_failed, stream=stream).run()
         failed = bool(outcome.failed)

@@ -19,7 +19,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.failure import one_line
-from benchmark.signals import Stopped, stop_on_signals
+from benchmark.signals import Stopped, rearm, stop_on_signals
 from ray_jobs.ray_session import MARK, mark_session, sweep_sessions
 from ray_jobs.store import HOST_ID, _process_start
 
@@ -32,6 +32,25 @@ def test_sigterm_and_sighup_raise_stopped_and_the_handlers_come_back():
             time.sleep(5)  # the handler's exception ends the sleep
         assert stopped.value.exit_code == code and isinstance(stopped.value, KeyboardInterrupt)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_rearm_takes_sigterm_back_from_a_library_inside_the_block_only():
+    def library_handler(signum, frame):  # as ray.init installs: exits without unwinding the caller's clean-up
+        raise SystemExit(signum)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals():
+        signal.signal(signal.SIGTERM, library_handler)
+        rearm()
+        with pytest.raises(Stopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    signal.signal(signal.SIGTERM, library_handler)
+    try:
+        rearm()  # no block open: a library caller's handlers are not touched
+        assert signal.getsignal(signal.SIGTERM) is library_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_long_command_stopped_by_sigterm_exits_143_with_one_line(tmp_path, capsys):
