@@ -139,8 +139,9 @@ def plot_overlap_heatmap(best: pd.DataFrame, out: Path) -> list[Path]:
 def _trend(worst: pd.DataFrame, out: Path, defense: str, x_of: Callable[[pd.DataFrame], pd.Series],
            title: str, xlabel: str, xscale: str, stem: str) -> list[Path]:
     """AUC (with interval) against one defense parameter; the undefended AUC as a dotted reference."""
-    rows = worst[worst["defense"] == defense].assign(x=lambda f: x_of(f)).dropna(subset=["x", "auc_mean"])
-    if rows.empty:
+    rows = worst[worst["defense"] == defense]
+    rows = rows.assign(x=x_of(rows)).dropna(subset=["x", "auc_mean"]) if len(rows) else rows
+    if rows.empty:  # also a grid without cells: its table lacks the metric columns
         return skip(stem, f"no finished {defense} cell with its parameter")
     fig = new_figure(7.5, 5.6)
     ax = fig.subplots()

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from analysis.schema import (
     BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS, CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
     MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG,
+    member_tag,
 )
 from benchmark.errors import SegleakError
 
@@ -84,12 +85,15 @@ def _runs_frame(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
 
 
 def _descendants(frame: pd.DataFrame, root: str) -> pd.DataFrame:
-    """Runs nested under `root` at any depth (the grid may nest cells under model runs)."""
+    """Runs nested under `root` at any depth (the grid may nest cells under model runs), and the runs `root`
+    reused from other invocations (its member tag)."""
     children: dict[str, list[str]] = {}
     for run_id, parent in zip(frame["run_id"], _column(frame, f"tags.{PARENT_TAG}")):
         if isinstance(parent, str):
             children.setdefault(parent, []).append(run_id)
-    keep, todo = set(), [root]
+    # runs logged by an earlier or a concurrent invocation and reused by this one carry its member tag
+    keep = set(frame["run_id"][_column(frame, f"tags.{member_tag(root)}").eq("true")])
+    todo = [root, *keep]
     while todo:
         for child in children.get(todo.pop(), []):
             if child not in keep:

@@ -18,6 +18,21 @@ ERROR_TAG = "segleak.error"
 REFUSED_TAG = "segleak.refused"
 MISSING_PREFIX = "segleak.missing."
 SELECTION_TAG = "segleak.selection"
+# a unit's run is logged once per experiment, by the first invocation that finishes it, and nested under that
+# invocation's run; every invocation that uses it (a resumed or a concurrent one) tags it with MEMBER_PREFIX +
+# its own parent run id, so an invocation's runs are its nested runs plus the runs carrying its tag
+MEMBER_PREFIX = "segleak.in."
+# who runs an invocation: a later invocation closes a RUNNING parent run whose process is provably gone
+HOST_ID_TAG, PID_TAG, PID_START_TAG = "segleak.host_id", "segleak.pid", "segleak.pid_start"
+LEADERBOARD_TAG = "segleak.leaderboard"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
+# MLflow 3's UI opens an experiment of this kind on its runs table (the default is the GenAI overview)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def member_tag(parent_run_id: str) -> str:
+    """The tag that lists a unit's run among the runs of the invocation `parent_run_id`."""
+    return f"{MEMBER_PREFIX}{parent_run_id}"
 
 CELL_PARAMS = (
     "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",

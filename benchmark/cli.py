@@ -245,23 +245,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `segleak` console script; bad input ends in one line on stderr and exit 2."""
+    """Entry point of the `segleak` console script: bad input ends in one line on stderr and exit 2, any other
+    error in one line and exit 1, SIGTERM/SIGHUP like Ctrl-C (clean-up, then 128 + the signal's number). Every
+    line has its URIs' credentials masked."""
+    from benchmark.failure import one_line
+    from benchmark.signals import Stopped, stop_on_signals
+
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        with stop_on_signals():
+            return handler(args)
     except SegleakError as exc:
-        print(f"segleak: error: {exc}", file=sys.stderr)
+        print(f"segleak: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Stopped as stopped:
+        print(f"segleak: stopped by {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print("segleak: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
         if os.environ.get("SEGLEAK_DEBUG"):
             raise
-        print(f"segleak: error: {type(exc).__name__}: {exc} (set SEGLEAK_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"segleak: error: {one_line(exc)} (set SEGLEAK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from benchmark.redact import redact
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.store import DamagedUnit, ResultStore
 from ray_jobs.units import UNIT_KINDS, UnitCrashed, UnitRefused, execute
@@ -36,7 +37,7 @@ def _one_line(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the task's own exception
     text = str(cause).strip().splitlines()
     last = text[-1] if text else ""
-    return (last if isinstance(cause, (UnitRefused, UnitCrashed)) else f"{type(cause).__name__}: {last}")[:500]
+    return redact(last if isinstance(cause, (UnitRefused, UnitCrashed)) else f"{type(cause).__name__}: {last}")[:500]
 
 
 class Scheduler:
@@ -68,7 +69,7 @@ class Scheduler:
     def _damaged(self, exc: DamagedUnit, prefix: str = "") -> None:
         """One line naming a damaged unit's file and why; the unit has been moved aside to be recomputed."""
         where = f"; moved aside to {exc.moved_to}" if exc.moved_to else ""
-        print(f"{prefix}damaged {exc.kind} {exc.key}: {exc.reason}{where}; recomputing it", file=self.stream, flush=True)
+        print(redact(f"{prefix}damaged {exc.kind} {exc.key}: {exc.reason}{where}; recomputing it"), file=self.stream, flush=True)
 
     def _cached(self, units: list[Unit], outcome: Outcome) -> None:
         """Finished units are reused; one whose files fail the cheap check is moved aside and recomputed."""

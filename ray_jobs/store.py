@@ -130,7 +130,8 @@ def owner_alive(host_id: Any, pid: Any, start: Any) -> bool | None:
     return True
 
 
-def _temp_name(name: str) -> str:
+def temp_name(name: str) -> str:
+    """A private name beside `name` that carries its owner (see `sweep_stale`)."""
     host_id, pid, start = current_owner()
     return f"{TEMP_PREFIX}{name}@{host_id}.{pid}.{start}.{uuid.uuid4().hex[:8]}"
 
@@ -518,7 +519,7 @@ class ResultStore:
                 return False
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(_temp_name(target.name))
+        tmp = target.with_name(temp_name(target.name))
         tmp.write_bytes(data)
         try:
             os.link(tmp, target)  # fails if the target exists; the content is complete from the start
@@ -657,7 +658,7 @@ class ResultStore:
     def _temp_dir(self, final: Path) -> Path:
         """A private temp dir beside `final`, named after its owner, its lease refreshed while it exists."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / _temp_name(final.name)
+        tmp = final.parent / temp_name(final.name)
         tmp.mkdir()
         _HEARTBEAT.add(str(tmp), lambda: os.utime(tmp), every=max(0.05, min(30.0, self.lease_s / 4)))
         return tmp
@@ -751,7 +752,7 @@ class ResultStore:
             return
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(_temp_name(target.name))
+        tmp = target.with_name(temp_name(target.name))
         tmp.write_bytes(data)
         os.replace(tmp, target)
 
@@ -794,7 +795,8 @@ class ResultStore:
         this is safe at any time. On a bucket nothing partial is visible without its marker: only the local
         mirror is swept (stale locks in a bucket are taken over by the next process that needs the unit)."""
         removed = 0
-        for entry in list(self.local_root.glob(f"*/{TEMP_PREFIX}*")):
+        # unit temp dirs sit in their kind's folder; the report's staging folder sits at the root
+        for entry in [*self.local_root.glob(f"*/{TEMP_PREFIX}*"), *self.local_root.glob(f"{TEMP_PREFIX}*")]:
             try:
                 young = time.time() - entry.lstat().st_mtime < older_than_s
             except FileNotFoundError:

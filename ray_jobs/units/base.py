@@ -42,6 +42,11 @@ class UnitKind:
     def run(self, key: str, config: Any, store: ResultStore, num_threads: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    def images(self, config: Any) -> list[tuple[str, dict[str, Any], list[str]]]:
+        """The dataset images the unit reads, as (root, adapter spec, ids): the driver checks their files
+        before anything trains (ray_jobs.preflight.check_images)."""
+        return []
+
     def brief(self, summary: dict[str, Any]) -> str:
         """The unit's figures on its progress line."""
         return ""
