@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from benchmark.data.adapters import DatasetAdapter, Sample
 from benchmark.errors import SegleakError
@@ -100,6 +100,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.teacher = teacher
         self.generator = torch.Generator().manual_seed(seed)
         self._train_loader: DataLoader | None = None
+        self._per_epoch: int | None = None
 
     @property
     def eval_names(self) -> list[str]:
@@ -114,8 +115,15 @@ class SegmentationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self._train_loader is not None:
             return self._train_loader
-        # a lone 1-image last batch would break BatchNorm
-        return self._loader(self.train_set, shuffle=True, drop_last=len(self.train_set) > self.batch_size)
+        n = self._per_epoch or len(self.train_set)
+        drop_last = n > self.batch_size  # a lone 1-image last batch would break BatchNorm
+        if self._per_epoch is None:
+            return self._loader(self.train_set, shuffle=True, drop_last=drop_last)
+        # whole shuffled passes over the set, then part of one: every image drawn as evenly as n allows
+        sampler = RandomSampler(self.train_set, num_samples=n, generator=self.generator)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_samples,
+                          drop_last=drop_last, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(s, shuffle=False) for s in self.eval_sets.values()]
@@ -127,9 +135,16 @@ class SegmentationDataModule(pl.LightningDataModule):
     def use_train_loader(self, loader: DataLoader) -> None:
         self._train_loader = loader
 
-    def use_train_samples(self, samples: Sequence[Sample]) -> None:
-        """Train on other images (distillation trains the released student on the reference set only)."""
+    def use_train_samples(self, samples: Sequence[Sample], per_epoch: int | None = None) -> None:
+        """Train on other images (distillation trains the released student on the reference set only);
+        `per_epoch` images are drawn per epoch (a small reference set cycled, so that the student takes as many
+        steps as a model trained on the members)."""
+        if per_epoch is not None and per_epoch < 1:
+            raise SegleakError(f"images per epoch must be >= 1, got {per_epoch}")
+        if not samples:
+            raise SegleakError("no training images were given")
         self.train_set = SegmentationDataset(self.adapter, samples, self.image_size)
+        self._per_epoch = per_epoch
 
     def reference_batches(self) -> Iterator[dict]:
         """Shuffled batches of the reference set, cycling forever (adversarial regularisation's non-members)."""
