@@ -9,8 +9,9 @@ Each training batch alternates the two players, as in Nasr et al.'s Algorithm 1:
    code (the probability h gives its members, not its log: bounded, so the classifier cannot win by
    pushing h's logits to minus infinity).
 
-For segmentation, h reads maps: per pixel the posterior, the one-hot ground truth and the pixel loss
--log p_y (zero at ignored pixels), through two strided convolutions pooled over the image.
+For segmentation, h reads maps at the decode head's resolution: per pixel the posterior, the one-hot ground
+truth and the pixel loss -log p_y (zero at ignored pixels), through two strided convolutions pooled over the
+image.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.defenses.base import TrainingDefense
-from benchmark.models.lightning_module import upsample
+from benchmark.models.release import downsample_labels
 from benchmark.params import Param
 from benchmark.registry import DEFENSES
 
@@ -40,8 +41,12 @@ class InferenceNet(nn.Module):
         self.head = nn.Linear(width, 1)
 
     def features(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """`[B, 2C+1, H, W]` at the labels' resolution: posterior, one-hot label, -log p_y; zero where ignored."""
-        log_p = F.log_softmax(upsample(logits, labels.shape[-2:]).float(), dim=1)
+        """`[B, 2C+1, h, w]` at the logits' resolution (labels sampled at each cell's centre, as a release does):
+        posterior, one-hot label, -log p_y; zero where ignored. Full resolution would cost h more than the
+        segmentor's own step."""
+        if labels.shape[-2:] != logits.shape[-2:]:
+            labels = downsample_labels(labels, tuple(logits.shape[-2:])).long()
+        log_p = F.log_softmax(logits.float(), dim=1)
         valid = (labels != self.ignore_index).unsqueeze(1)
         onehot = F.one_hot(labels.where(valid.squeeze(1), 0), self.num_classes).permute(0, 3, 1, 2) * valid
         pixel_loss = -(log_p * onehot).sum(1, keepdim=True)
