@@ -25,7 +25,7 @@ def test_default_profile_covers_the_benchmark():
     assert len(grid.victim_archs) >= 2 and set(grid.overlaps) == {0.0, 0.5, 1.0}
     names = {d.name for d in grid.defenses}
     assert names == {"none", "argmax", "gaussian", "temperature", "topk", "dp_sgd", "label_smoothing", "mixup",
-                     "weight_decay", "early_stopping"}
+                     "weight_decay", "early_stopping", "distillation", "adv_reg", "relaxloss"}
     assert {a.name for a in grid.attacks} == {"patch", "loss_threshold", "pixel_accuracy"}
     assert "placebo" in grid.controls
 
