@@ -106,8 +106,9 @@ class SegmentationDataModule(pl.LightningDataModule):
     def eval_names(self) -> list[str]:
         return list(self.eval_sets)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_samples,
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False,
+                sampler: RandomSampler | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=collate_samples,
                           generator=self.generator if shuffle else None, drop_last=drop_last,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
@@ -116,14 +117,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self._train_loader is not None:
             return self._train_loader
         n = self._per_epoch or len(self.train_set)
-        drop_last = n > self.batch_size  # a lone 1-image last batch would break BatchNorm
-        if self._per_epoch is None:
-            return self._loader(self.train_set, shuffle=True, drop_last=drop_last)
-        # whole shuffled passes over the set, then part of one: every image drawn as evenly as n allows
-        sampler = RandomSampler(self.train_set, num_samples=n, generator=self.generator)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_samples,
-                          drop_last=drop_last, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        # `per_epoch`: whole shuffled passes over the set, then part of one (each image drawn as evenly as n allows)
+        sampler = RandomSampler(self.train_set, num_samples=n, generator=self.generator) if self._per_epoch else None
+        # a lone 1-image last batch would break BatchNorm
+        return self._loader(self.train_set, shuffle=sampler is None, drop_last=n > self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(s, shuffle=False) for s in self.eval_sets.values()]
