@@ -1,4 +1,4 @@
-"""Reads one invocation's runs out of MLflow: the only module that knows how the grid logs (DESIGN.md schema).
+"""Reads one invocation's runs out of MLflow: the only module that knows how the grid logs (analysis/schema.py).
 
 Everything downstream works on two plain DataFrames (cells, models) with typed columns, so the table and
 plot code never touches MLflow and can be tested on frames alone.
@@ -186,6 +186,7 @@ def _models(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _blind(frame: pd.DataFrame) -> pd.DataFrame:
     out = _typed(frame, BLIND_PARAMS, BLIND_METRICS)
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
     out["flagged"] = _column(frame, "tags.segleak.flagged").eq("true")
     return out.reset_index(drop=True)
 

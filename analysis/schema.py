@@ -1,4 +1,4 @@
-"""The MLflow schema (DESIGN.md's contract): run kinds, tag, param and metric names, in one place for the
+"""The MLflow schema (the project's contract, README 'Results and the MLflow UI'): run kinds, tag, param and metric names, in one place for the
 writer (ray_jobs.tracking and the unit kinds) and the reader (analysis.runs)."""
 
 from __future__ import annotations

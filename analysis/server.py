@@ -1,7 +1,7 @@
 """A real `mlflow server` as a context manager: UI and REST API for any backend store (SQLite, PostgreSQL).
 
 The server runs in its own process group and is stopped by signalling the whole group, because stopping
-only its PID leaves worker children behind (STACK_NOTES.md). The job runner is disabled for the same reason.
+only its PID leaves worker children behind (seen with MLflow 3.17). The job runner is disabled for the same reason.
 A stop signal that arrives while the server is being spawned is held until its process is recorded, so the
 caller's handler can always stop it. Messages show the store URI with its password masked.
 """

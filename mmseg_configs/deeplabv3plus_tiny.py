@@ -1,7 +1,6 @@
 # CPU-sized DeepLabV3+: ResNet-18-D8 at 1/4 width, 32-channel ASPP with dilations scaled to the 8x16 feature map
 # of a 64x128 input (1, 12, 24, 36 would sample only padding there), 8-channel low-level branch, no auxiliary head.
 _base_ = ['./_base_/models/deeplabv3plus_r50-d8.py']
-crop_size = (64, 128)
 model = dict(
     backbone=dict(depth=18, base_channels=16, stem_channels=16),
     decode_head=dict(

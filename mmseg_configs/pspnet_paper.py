@@ -2,4 +2,3 @@
 # cityscapes-512x1024`). Crop 512x1024 from 1024x2048 Cityscapes images. For ResNet-101 set
 # `model = dict(backbone=dict(depth=101))` in a derived config.
 _base_ = ['./_base_/models/pspnet_r50-d8.py']
-crop_size = (512, 1024)

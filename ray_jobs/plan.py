@@ -210,7 +210,7 @@ class _Builder:
                                               trained_with if grid.adaptive else NO_DEFENSE, seed)
                     shadow_release = self.release(shadow_model, shadow_src, manifest, "shadow")
                     seen = defense if defense.output_side and grid.adaptive else NO_DEFENSE
-                    for attack in (a for a in grid.attacks if a.only.allows(victim_arch, **where)):
+                    for attack in (a for a in grid.attacks if a.only.allows(victim_arch, **where, defense=defense.name)):
                         meta = CellMeta(
                             dataset=setting.dataset, victim_arch=victim_arch, shadow_dataset=setting.shadow_dataset,
                             shadow_arch=shadow_arch,

@@ -50,12 +50,14 @@ class Only:
     overlaps: tuple[float, ...] = ()
     settings: tuple[str, ...] = ()
     controls: tuple[str, ...] = ()
+    defenses: tuple[str, ...] = ()  # attacks only: the defenses (by name) the attack is run against
 
-    def allows(self, victim_arch: str, overlap: float, setting: str, control: str) -> bool:
+    def allows(self, victim_arch: str, overlap: float, setting: str, control: str, defense: str = "") -> bool:
         return ((not self.victim_archs or victim_arch in self.victim_archs)
                 and (not self.overlaps or setting != "dependent" or overlap in self.overlaps)
                 and (not self.settings or setting in self.settings)
-                and (not self.controls or control in self.controls))
+                and (not self.controls or control in self.controls)
+                and (not self.defenses or defense in self.defenses))
 
 
 EVERYWHERE = Only()
@@ -252,11 +254,16 @@ ONLY_PARAMS = {
     "overlaps": Param(list, default=[], item=float),
     "settings": Param(list, default=[], item=str, choices=("dependent", "independent")),
     "controls": Param(list, default=[], item=str, choices=("none", *CONTROLS)),
+    "defenses": Param(list, default=[], item=str),
 }
 
 
-def _only(check: _Checker, where: str, entry: dict[str, Any]) -> Only:
+def _only(check: _Checker, where: str, entry: dict[str, Any], attack: bool = False) -> Only:
     values = check(check_params, f"{where}.only", ONLY_PARAMS, entry.get("only", {}))
+    if values["defenses"] and not attack:
+        raise check.fail(f"{where}.only.defenses", "only an attack entry can name the defenses it runs against")
+    for name in values["defenses"]:
+        check.at(f"{where}.only.defenses", DEFENSES.lookup, name)
     return Only(**{k: tuple(v) for k, v in values.items()})
 
 
@@ -296,7 +303,7 @@ def _attacks(check: _Checker, entries: list[Any]) -> tuple[AttackSetting, ...]:
     out: list[AttackSetting] = []
     for i, entry in enumerate(entries):
         where = f"attacks[{i}]"
-        only = _only(check, where, entry) if isinstance(entry, dict) else EVERYWHERE
+        only = _only(check, where, entry, attack=True) if isinstance(entry, dict) else EVERYWHERE
         for name, params in _sweep(check, where, entry, ATTACKS, "attack"):
             attack = check.at(where, ATTACKS.lookup(name), **params)
             out.append(AttackSetting(name, _frozen(attack.values), only))

@@ -1,4 +1,4 @@
-"""MLflow logging of one benchmark invocation, following DESIGN.md's schema (analysis.schema).
+"""MLflow logging of one benchmark invocation, following the schema in analysis/schema.py.
 
 Only the driver talks to MLflow: units write their results to the store, and the driver logs each unit as
 it finishes (or, for a unit finished by an earlier invocation, from the store). That keeps SQLite to a

@@ -141,6 +141,20 @@ def _log_models(client: MlflowClient, exp: str, parent: str) -> None:
             client.set_terminated(run.info.run_id)
 
 
+def _log_blind(client: MlflowClient, exp: str, parent: str) -> None:
+    """The blind baselines: the dependent setting shows no shift, the independent one is flagged."""
+    for shadow, auc, p, flagged in (("cityscapes", 0.52, 0.41, "false"), ("bdd100k", 0.71, 0.01, "true")):
+        setting = "dependent" if shadow == "cityscapes" else "independent"
+        run = client.create_run(exp, tags={"segleak.kind": "blind", "mlflow.parentRunId": parent,
+                                           "segleak.setting": setting, "segleak.flagged": flagged})
+        metrics = {"blind_auc": 0.5, "blind_auc_ci_low": 0.4, "blind_auc_ci_high": 0.6, "shift_auc": auc,
+                   "shift_null_low": 0.35, "shift_null_high": 0.6, "shift_p_value": p, "n_groups": 400.0}
+        params = {"dataset": "cityscapes", "shadow_dataset": shadow, "setting": setting, "seed": "0", "overlap": "0.0"}
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                         params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(run.info.run_id)
+
+
 def _invocation(client: MlflowClient, exp: str) -> str:
     run = client.create_run(exp, tags={"segleak.kind": "invocation"})
     client.log_batch(run.info.run_id, params=[Param("profile", "test"), Param("grid_name", exp)])
@@ -160,6 +174,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     client.set_terminated(old)
     parent = _invocation(client, exp)
     _log_models(client, exp, parent)
+    _log_blind(client, exp, parent)
     logged: list[dict] = []
     for cell in _grid_cells():
         _log_cell(client, exp, parent, tmp, cell, logged)
@@ -241,6 +256,10 @@ def test_leaderboard_markdown_numbers_failed_missing_and_strongest(store: Store,
     victims = md.split("## victim models", 1)[1]
     assert "| cityscapes | dependent | deeplabv3 | dp_sgd | 0 | 200 | 0.580 | 0.380 | 0.200 | 2.000 |" in victims
     assert "| cityscapes | dependent | pspnet | none | 0 | 200 | 0.800 | 0.600 | 0.200 | — |" in victims
+    dependent = md.split(f"## {DEPENDENT}", 1)[1].split("\n## ", 1)[0]
+    assert "shift test AUC 0.520 (permutation null 0.350 to 0.600, p = 0.41)" in dependent and "no shift detected" in dependent
+    independent = md.split(f"## {INDEPENDENT}", 1)[1].split("\n## ", 1)[0]
+    assert "FLAGGED: members and non-members differ without any model" in independent
     placebo = md.split("## placebo controls", 1)[1].split("\n## ", 1)[0]
     assert "| patch/slm | AUC 0.510 [0.450, 0.570] | ✓ pass |" in placebo
     assert "| loss_threshold | AUC 0.580 [0.550, 0.610] | ✗ FAIL |" in placebo

@@ -9,7 +9,7 @@ from benchmark.data.labels import (
     map_mapillary_to_trainids,
 )
 
-# PAPER_NOTES.md, spelled out independently of the module's table.
+# the paper's mapping, spelled out independently of the module's table.
 MAPILLARY = {
     "road": (13, 24, 41), "sidewalk": (2, 15), "building": (17,), "wall": (6,), "fence": (3,), "pole": (45, 47),
     "traffic light": (48,), "traffic sign": (50,), "vegetation": (30,), "terrain": (29,), "sky": (27,),

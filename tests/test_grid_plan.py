@@ -156,3 +156,17 @@ def test_only_restricts_an_entry_to_some_archs_overlaps_settings_and_controls(tm
     dp_cells = [c for c in plan.of_kind("cell") if c.meta.defense == "dp_sgd"]
     assert dp_cells and {(c.meta.victim_arch, c.meta.shadow_overlap, c.meta.setting, c.meta.control)
                          for c in dp_cells} == {(grid.victim_archs[0], 0.0, "dependent", "none")}
+
+
+def test_an_attack_can_be_restricted_to_some_defenses(tmp_path):
+    grid = load_grid("default")
+    plan = _plan(grid, tmp_path)
+    concat = {(c.meta.defense, c.meta.setting) for c in plan.of_kind("cell") if c.meta.attack_label == "patch/concat"}
+    assert concat == {("none", "dependent")}
+    with pytest.raises(Exception, match="only an attack entry can name"):
+        from ray_jobs.spec import validate
+
+        raw = {"name": "x", "datasets": {"cityscapes": {"root": "synthetic"}}, "settings": [{"dataset": "cityscapes"}],
+               "victim_archs": ["pspnet_tiny"], "attacks": ["loss_threshold"], "train": {"epochs": 1, "batch_size": 2, "lr": 0.1},
+               "defenses": [{"name": "argmax", "only": {"defenses": ["none"]}}]}
+        validate(raw, "x.yaml")

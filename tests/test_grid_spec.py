@@ -23,10 +23,11 @@ def test_default_profile_covers_the_benchmark():
     grid = load_grid("default")
     assert {s.kind for s in grid.settings} == {"dependent", "independent"}
     assert len(grid.victim_archs) >= 2 and set(grid.overlaps) == {0.0, 0.5, 1.0}
-    names = {d.name for d in grid.defenses}
-    assert names == {"none", "argmax", "gaussian", "temperature", "topk", "dp_sgd", "label_smoothing", "mixup",
-                     "weight_decay", "early_stopping", "distillation", "adv_reg", "relaxloss"}
-    assert {a.name for a in grid.attacks} == {"patch", "loss_threshold", "pixel_accuracy"}
+    from benchmark.registry import ATTACKS, DEFENSES
+
+    assert {d.name for d in grid.defenses} == set(DEFENSES.names())  # every registered defense
+    assert {a.name for a in grid.attacks} == set(ATTACKS.names())  # every registered attack
+    assert {a.representation for a in grid.attacks if a.name == "patch"} == {"slm", "concat", "posterior"}
     assert "placebo" in grid.controls
 
 

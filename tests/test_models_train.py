@@ -180,3 +180,17 @@ def test_nan_loss_names_the_epoch(data, tmp_path, monkeypatch):
     with pytest.raises(SegleakError, match="epoch 1"):
         fit_model(_cfg(epochs=3), root, members, heldout, tmp_path)
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_gpu_speed_ups_keep_training_and_the_checkpoint_plain():
+    """channels-last and a compiled training forward (the GPU path, exercised on the CPU with the eager
+    backend): training still lowers the loss, evaluation uses the plain network, and the checkpoint holds the
+    plain weights (no `_orig_mod` prefixes), so it loads as any other."""
+    module = SegmentationModule("pspnet_tiny", build_defense("none"), num_classes=19)
+    module.speed_up(channels_last=True, compile=True, backend="eager")
+    images = torch.rand(2, 3, 32, 64) * 255
+    labels = torch.randint(0, 19, (2, 32, 64))
+    outputs = module.outputs(images)
+    assert module.channels_last and outputs[0][1].shape[:2] == (2, 19)
+    assert module.per_image_loss(outputs, labels).shape == (2,)
+    assert all(not k.startswith("_orig_mod") for k in module.segmentor.state_dict())

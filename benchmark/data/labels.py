@@ -33,7 +33,7 @@ CITYSCAPES_TRAINID_TO_LABELID: np.ndarray = np.array(
     [next(l.id for l in _CS_LABELS if l.trainId == t and l.id >= 0) for t in range(NUM_CLASSES)], dtype=np.uint8
 )
 
-# Mapillary Vistas v1.2 id -> Cityscapes trainId (PAPER_NOTES.md); every other id -> 255.
+# Mapillary Vistas v1.2 id -> Cityscapes trainId (the paper's mapping, README "Real datasets"); every other id -> 255.
 MAPILLARY_TO_TRAINID_PAIRS: dict[int, int] = {
     13: 0, 24: 0, 41: 0,  # road, lane marking - general, manhole
     2: 1, 15: 1,  # curb, sidewalk

@@ -1,4 +1,4 @@
-"""DP-SGD for mmseg segmentors with Opacus 1.6 (no DPLightningDataModule: it breaks, see STACK_NOTES).
+"""DP-SGD for mmseg segmentors with Opacus 1.6 (no DPLightningDataModule: it subclasses the old `pytorch_lightning` namespace and fails with ours).
 
 What each architecture family needs (measured with torch 2.13, mmseg 1.2.2, opacus 1.6):
 - ResNet-based (PSPNet, UPerNet, DeepLabV3+): GroupNorm (`build_segmentor(arch, norm="GN")`) and

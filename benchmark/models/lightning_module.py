@@ -105,6 +105,8 @@ class SegmentationModule(pl.LightningModule):
         self.seen_train_ids: set[str] = set()
         self.epoch_losses: list[float] = []
         self.private_optimizer: torch.optim.Optimizer | None = None
+        self.channels_last = False
+        self._compiled: nn.Module | None = None  # torch.compile of `net` for the training forward
         self._loss_sum = 0.0
         self._loss_count = 0
         self._confusions: dict[int, Tensor] = {}
@@ -127,10 +129,22 @@ class SegmentationModule(pl.LightningModule):
         """Train through Opacus' per-sample-gradient model and noisy optimiser (DP-SGD's set-up)."""
         self.net, self.private_optimizer = net, optimizer
 
+    def speed_up(self, channels_last: bool, compile: bool, backend: str = "inductor") -> None:
+        """GPU training speed (measured by `make gpu-check`): channels-last weights and activations, and a
+        compiled training forward (evaluation and release use the plain network)."""
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            self.channels_last = True
+        if compile:
+            self._compiled = torch.compile(self.net, backend=backend)
+
     # --- losses a defense composes --------------------------------------------------------------------------
     def outputs(self, images: Tensor) -> list[tuple[float, Tensor]]:
         """(loss weight, logits) of the decode head and of each auxiliary head (paper configs), training mode."""
-        outs = self.net(images, with_aux=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        net = self.net if self._compiled is None else self._compiled  # (a compiled module has no truth value)
+        outs = net(images, with_aux=True)
         weights = [1.0] + [float(getattr(h.loss_decode, "loss_weight", 1.0))
                            for h in (self.plain_net.auxiliary_heads() if len(outs) > 1 else [])]
         return list(zip(weights, outs))

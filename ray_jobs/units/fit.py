@@ -1,7 +1,7 @@
 """`fit` units: an attack fitted on the attacker's own data (its shadow model's outputs, through the
 output defense it attacks), with its calibration figures from a held-out part of that data.
 
-Not the grid cell: MLflow's `segleak.kind=attack` runs are cells (DESIGN.md's contract); a fit has no run of
+Not the grid cell: MLflow's `segleak.kind=attack` runs are cells (the MLflow contract in analysis/schema.py); a fit has no run of
 its own, and its calibration AUC and threshold are logged with every cell that uses it.
 """
 
