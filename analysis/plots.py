@@ -20,6 +20,8 @@ from matplotlib.ticker import NullFormatter
 
 from analysis.aggregate import AUC_CHANCE, aggregate, strongest, worst_case
 from analysis.figures import new_figure, save, skip, slug
+from analysis.matched import pareto_front
+from analysis.matched_plots import plot_matched_frontier
 from analysis.roc import write_roc_plots
 from analysis.runs import load_runs, parse_params
 
@@ -36,13 +38,6 @@ def _yerr(rows: pd.DataFrame) -> np.ndarray:
     low = (rows["auc_mean"] - rows["auc_ci_low_mean"]).fillna(0).clip(lower=0)
     high = (rows["auc_ci_high_mean"] - rows["auc_mean"]).fillna(0).clip(lower=0)
     return np.vstack([low.to_numpy(), high.to_numpy()])
-
-
-def pareto_front(utility: np.ndarray, leakage: np.ndarray) -> np.ndarray:
-    """Mask of points no other point beats on both axes (higher utility, lower leakage)."""
-    better_or_equal = (utility[None, :] >= utility[:, None]) & (leakage[None, :] <= leakage[:, None])
-    strictly = (utility[None, :] > utility[:, None]) | (leakage[None, :] < leakage[:, None])
-    return ~(better_or_equal & strictly).any(axis=1)
 
 
 def _frontier_panel(ax: Axes, rows: pd.DataFrame, metric: str, ylabel: str, chance: float,
@@ -202,6 +197,7 @@ def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run
     return [
         *write_roc_plots(runs, out),
         *plot_frontier(worst, out),
+        *plot_matched_frontier(worst, out),
         *plot_overlap_heatmap(strongest(table), out),
         *_trend(worst, out, "gaussian", _sigma, "the Gaussian output noise",
                 "Gaussian noise σ (std of the noise added to each posterior value)", "linear", "auc_vs_gaussian_sigma"),

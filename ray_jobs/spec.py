@@ -374,6 +374,21 @@ def _check_crop(check: _Checker, grid: Grid) -> None:
                          f"(images {size[0]}x{size[1]} at output_stride {grid.release['output_stride']})")
 
 
+def _check_reference_sets(check: _Checker, grid: Grid) -> None:
+    """A defense that trains on non-member reference images (distillation, adversarial regularisation) needs
+    `splits.<kind>.reference` > 0 in every setting it runs in: refuse on load, not an hour into a run."""
+    for entry in grid.defenses:
+        if "reference_set" not in entry.defense.needs:
+            continue
+        for setting in grid.settings:
+            if entry.only.settings and setting.kind not in entry.only.settings:
+                continue
+            if not grid.split_spec(setting).reference:
+                raise check.fail(f"splits.{setting.kind}.reference",
+                                 f"defense {entry.label} trains on a reference set of non-member images: set "
+                                 f"splits.{setting.kind}.reference to their number per role (it is 0)")
+
+
 def validate(raw: Any, source: str) -> Grid:
     check = _Checker(source)
     top = check(check_params, "top level", _TOP, raw)
@@ -430,6 +445,7 @@ def validate(raw: Any, source: str) -> Grid:
     if len(set(grid.seeds)) != len(grid.seeds) or len(set(grid.overlaps)) != len(grid.overlaps):
         raise check.fail("seeds/overlaps", "a value is listed twice")
     _check_crop(check, grid)
+    _check_reference_sets(check, grid)
     return grid
 
 
