@@ -420,6 +420,9 @@ def write_leaderboard(tracking_uri: str, experiment: str | None, out: Path, pare
     runs = load_runs(tracking_uri, experiment, parent_run_id)
     table = aggregate(runs.cells)
     sections = build_sections(table, runs.models, runs.blind)
+    from analysis.audit import audit_sections  # it builds on this module's table model
+
+    sections += audit_sections(runs.audits)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.html"]
     to_csv(table).to_csv(paths[0], index=False)

@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
 from analysis.aggregate import AUC_CHANCE, aggregate, strongest, worst_case
+from analysis.audit import plot_audit
 from analysis.figures import new_figure, save, skip, slug
 from analysis.roc import write_roc_plots
 from analysis.runs import load_runs, parse_params
@@ -207,4 +208,5 @@ def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run
         *_trend(worst, out, "dp_sgd", lambda f: f["dp_epsilon_mean"], "the DP-SGD privacy budget",
                 "DP-SGD privacy budget ε (log scale; mean over seeds)", "log", "auc_vs_dp_epsilon"),
         *plot_dependent_vs_independent(worst, out),
+        *plot_audit(runs.audits, out),
     ]
