@@ -139,3 +139,44 @@ def test_bad_input_is_named():
         eps_lower_bound(10, 10, 5, 2.0, 0.05)
     with pytest.raises(SegleakError, match="score 'a' must be 4 finite values"):
         audit_bound({"a": np.array([1.0, np.nan, 0.0, 0.0])}, np.array([1, 0, 1, 0], bool), delta=0.0)
+
+
+def test_scores_read_the_release_in_the_canaries_order():
+    import torch
+
+    from benchmark.audit.scores import canary_scores
+    from benchmark.models.release import Released
+
+    labels = torch.zeros(3, 2, 2, dtype=torch.uint8)
+
+    def release(p_true: list[float], ids: list[str]) -> Released:
+        p = torch.tensor(p_true).view(3, 1, 1, 1).expand(3, 1, 2, 2)
+        return Released(ids, torch.log(torch.cat([p, 1 - p], dim=1)), labels)
+
+    audited = release([0.9, 0.5, 0.99], ["c", "a", "b"])
+    reference = release([0.6, 0.5, 0.5], ["a", "b", "c"])
+    scores = canary_scores(["loss", "calibrated_loss"], audited, reference, ["a", "b", "c"])
+    assert scores["loss"] == pytest.approx(np.log([0.5, 0.99, 0.9]))
+    assert scores["calibrated_loss"] == pytest.approx(-np.log([0.6, 0.5, 0.5]) + np.log([0.5, 0.99, 0.9]))
+    with pytest.raises(SegleakError, match="needs a reference"):
+        canary_scores(["calibrated_loss"], audited, None, ["a", "b", "c"])
+    with pytest.raises(SegleakError, match="unknown audit score 'lira'"):
+        canary_scores(["lira"], audited, reference, ["a"])
+
+
+def test_within_kind_scaling_keeps_each_kinds_order_and_lets_the_pool_mix_kinds():
+    from benchmark.audit.scores import within_kind
+
+    rng = np.random.default_rng(3)
+    kinds = np.array(["natural"] * 20 + ["permuted"] * 20)
+    included = rng.permutation(np.arange(40) % 2 == 0)
+    # a perfectly separating score per kind, on two very different scales
+    raw = np.where(included, 1.0, 0.0) + rng.normal(0, 0.05, 40)
+    raw = np.where(kinds == "permuted", 10 * raw + 5, raw)
+    scaled = within_kind({"s": raw}, kinds)["s"]
+    for kind in ("natural", "permuted"):
+        mask = kinds == kind
+        assert (np.argsort(scaled[mask]) == np.argsort(raw[mask])).all()
+    k = 20  # every in-canary called in, every out-canary out: possible only once the kinds share a scale
+    assert correct_guesses(scaled, included, k, np.arange(40)) == 40
+    assert correct_guesses(raw, included, k, np.arange(40)) < 40

@@ -7,6 +7,12 @@
   trained with independent randomness (another seed): DP's guarantee holds over noise the auditor does not
   know, and a reference sharing the audited model's noise could cancel it.
 Both are functions of released outputs and public labels only, never of the inclusion draw.
+
+Canaries of different kinds live on different scales (a permuted canary's loss is several times a natural
+one's), so ranking them together would spend the "in" guesses on one kind and the "out" guesses on the
+other. `within_kind` puts each kind on a common scale (minus its median, over its median absolute
+deviation, over all of that kind's canaries): a function of the outputs and the public kinds, and monotone
+within a kind, so each kind's own ranking is unchanged.
 """
 
 from __future__ import annotations
@@ -44,4 +50,19 @@ def canary_scores(names: Sequence[str], audited: Released, reference: Released |
             out[name] = canary_losses(reference, ids) - loss
         else:
             raise SegleakError(f"unknown audit score {name!r} (known: {', '.join(SCORES)})")
+    return out
+
+
+def within_kind(scores: dict[str, np.ndarray], kinds: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each score centred on its kind's median and scaled by its kind's median absolute deviation."""
+    kinds = np.asarray(kinds)
+    out = {}
+    for name, values in scores.items():
+        scaled = np.empty_like(values, dtype=np.float64)
+        for kind in np.unique(kinds):
+            mask = kinds == kind
+            median = np.median(values[mask])
+            spread = np.median(np.abs(values[mask] - median))
+            scaled[mask] = (values[mask] - median) / (spread if spread > 0 else 1.0)
+        out[name] = scaled
     return out

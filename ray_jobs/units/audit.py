@@ -18,7 +18,7 @@ import numpy as np
 
 from analysis import schema
 from benchmark.audit.bound import AuditBound, audit_bound
-from benchmark.audit.scores import canary_scores
+from benchmark.audit.scores import canary_scores, within_kind
 from benchmark.errors import SegleakError
 from benchmark.models.release import load_released
 from ray_jobs.store import ResultStore
@@ -80,7 +80,8 @@ class AuditKind(UnitKind):
             audited = load_released(store.local_dir("release", config.release) / OUTPUTS)
             reference = (load_released(store.local_dir("release", config.reference) / OUTPUTS)
                          if config.reference else None)
-            scores = canary_scores(config.scores, audited, reference, ids)  # never sees the draw
+            raw = canary_scores(config.scores, audited, reference, ids)  # never sees the draw
+            scores = within_kind(raw, [kind_of[i] for i in ids])  # one scale, so all-canary guesses mix kinds
             included = np.isin(ids, config.included)
             tiebreak = np.random.default_rng([config.seed, _TIEBREAK_STREAM]).permutation(len(ids))
             pooled = audit_bound(scores, included, delta=delta, confidence=config.confidence, tiebreak=tiebreak)
@@ -98,8 +99,8 @@ class AuditKind(UnitKind):
             summary["kinds"] = list(config.canaries)
             with open(out / SCORES_CSV, "w", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["canary_id", "kind", "included", *scores])
-                writer.writerows([i, kind_of[i], int(inc), *(round(float(s[j]), 6) for s in scores.values())]
+                writer.writerow(["canary_id", "kind", "included", *raw])  # raw scores: ranked within_kind
+                writer.writerows([i, kind_of[i], int(inc), *(round(float(s[j]), 6) for s in raw.values())]
                                  for j, (i, inc) in enumerate(zip(ids, included)))
             with open(out / TESTS_CSV, "w", newline="") as handle:
                 writer = csv.writer(handle)

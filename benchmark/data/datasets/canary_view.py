@@ -63,6 +63,12 @@ class CanaryView(DatasetAdapter):
     def allowed_raw_values(self) -> np.ndarray:
         return self.base.allowed_raw_values()
 
+    def read_raw_label(self, path: Path) -> np.ndarray:
+        return self.base.read_raw_label(path)
+
+    def to_label_space(self, raw: np.ndarray) -> np.ndarray:
+        return self.base.to_label_space(raw)
+
     def read_label(self, sample: Sample) -> np.ndarray:
         label = self.base.read_label(sample)
         transform = self.options["labels"].get(sample.id)
