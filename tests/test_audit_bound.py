@@ -180,3 +180,18 @@ def test_within_kind_scaling_keeps_each_kinds_order_and_lets_the_pool_mix_kinds(
     k = 20  # every in-canary called in, every out-canary out: possible only once the kinds share a scale
     assert correct_guesses(scaled, included, k, np.arange(40)) == 40
     assert correct_guesses(raw, included, k, np.arange(40)) < 40
+
+
+def test_audit_by_kind_gives_the_pool_and_each_kind_on_its_own():
+    from benchmark.audit.bound import audit_by_kind
+
+    rng = np.random.default_rng(4)
+    kinds = np.array(["natural", "permuted"] * 16)
+    included = rng.random(32) < 0.5
+    scores = {"s": np.where(included & (kinds == "permuted"), 2.0, 0.0) + rng.normal(0, 0.1, 32)}
+    bounds = audit_by_kind(scores, kinds, included, delta=1e-5)
+    assert list(bounds) == ["all", "natural", "permuted"]
+    assert bounds["all"].m == 32 and bounds["natural"].m == bounds["permuted"].m == 16
+    alone = audit_bound({"s": scores["s"][kinds == "permuted"]}, included[kinds == "permuted"], delta=1e-5,
+                        tiebreak=np.arange(32)[kinds == "permuted"])
+    assert bounds["permuted"].tests == alone.tests

@@ -150,3 +150,19 @@ def audit_bound(scores: Mapping[str, np.ndarray], included: np.ndarray, *, delta
             tests.append(Test(name, k, 2 * k, v, eps_lower_bound(m, 2 * k, v, delta, level)))
     ceiling = max(eps_lower_bound(m, 2 * k, 2 * k, delta, level) for k in ks)
     return AuditBound(m, int(included.sum()), confidence, delta, level, tuple(tests), ceiling)
+
+
+def audit_by_kind(scores: Mapping[str, np.ndarray], kinds: Sequence[str], included: np.ndarray, *, delta: float,
+                  confidence: float = 0.95, tiebreak: np.ndarray | None = None) -> dict[str, AuditBound]:
+    """The audit over all canaries ("all", the headline: one family of tests) and over each kind on its own
+    (each at the same confidence, to compare the kinds). `scores` must put the kinds on one scale
+    (`benchmark.audit.scores.within_kind`) for the guesses over all canaries to mix them."""
+    kinds = np.asarray(kinds)
+    included = np.asarray(included, dtype=bool)
+    tiebreak = np.arange(len(kinds)) if tiebreak is None else np.asarray(tiebreak)
+    out = {"all": audit_bound(scores, included, delta=delta, confidence=confidence, tiebreak=tiebreak)}
+    for kind in dict.fromkeys(kinds.tolist()):
+        mask = kinds == kind
+        out[kind] = audit_bound({n: np.asarray(s)[mask] for n, s in scores.items()}, included[mask], delta=delta,
+                                confidence=confidence, tiebreak=tiebreak[mask])
+    return out

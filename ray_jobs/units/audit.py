@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from analysis import schema
-from benchmark.audit.bound import AuditBound, audit_bound
+from benchmark.audit.bound import AuditBound, audit_by_kind
 from benchmark.audit.scores import canary_scores, within_kind
 from benchmark.errors import SegleakError
 from benchmark.models.release import load_released
@@ -74,6 +74,7 @@ class AuditKind(UnitKind):
         delta = float(model.get("dp_delta", config.delta))
         ids = sorted(i for kind_ids in config.canaries.values() for i in kind_ids)
         kind_of = {i: kind for kind, kind_ids in config.canaries.items() for i in kind_ids}
+        kinds = [kind_of[i] for i in ids]
         if not set(config.included) <= set(ids):
             raise SegleakError(f"audit {key}: the inclusion draw names ids that are not canaries")
         with store.writing("audit", key, asdict(config)) as out:
@@ -81,32 +82,27 @@ class AuditKind(UnitKind):
             reference = (load_released(store.local_dir("release", config.reference) / OUTPUTS)
                          if config.reference else None)
             raw = canary_scores(config.scores, audited, reference, ids)  # never sees the draw
-            scores = within_kind(raw, [kind_of[i] for i in ids])  # one scale, so all-canary guesses mix kinds
+            scores = within_kind(raw, kinds)  # one scale, so the guesses over all canaries mix the kinds
             included = np.isin(ids, config.included)
             tiebreak = np.random.default_rng([config.seed, _TIEBREAK_STREAM]).permutation(len(ids))
-            pooled = audit_bound(scores, included, delta=delta, confidence=config.confidence, tiebreak=tiebreak)
-            summary: dict[str, Any] = {**_figures(pooled), "delta": delta, "confidence": config.confidence}
-            tests = [("all", pooled)]
-            for kind in config.canaries:
-                mask = np.array([kind_of[i] == kind for i in ids])
-                bound = audit_bound({n: s[mask] for n, s in scores.items()}, included[mask], delta=delta,
-                                    confidence=config.confidence, tiebreak=tiebreak[mask])
-                summary.update(_figures(bound, f"{kind}_"))
-                tests.append((kind, bound))
+            bounds = audit_by_kind(scores, kinds, included, delta=delta, confidence=config.confidence,
+                                   tiebreak=tiebreak)
+            summary: dict[str, Any] = {"delta": delta, "confidence": config.confidence, "kinds": list(config.canaries)}
+            for name, bound in bounds.items():
+                summary.update(_figures(bound, "" if name == "all" else f"{name}_"))
             for name in ("dp_epsilon", "dp_noise_multiplier", "miou_heldout", "miou_train"):
                 if name in model:
                     summary[name] = model[name]
-            summary["kinds"] = list(config.canaries)
             with open(out / SCORES_CSV, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["canary_id", "kind", "included", *raw])  # raw scores: ranked within_kind
-                writer.writerows([i, kind_of[i], int(inc), *(round(float(s[j]), 6) for s in raw.values())]
-                                 for j, (i, inc) in enumerate(zip(ids, included)))
+                writer.writerows([i, kind, int(inc), *(round(float(s[j]), 6) for s in raw.values())]
+                                 for j, (i, kind, inc) in enumerate(zip(ids, kinds, included)))
             with open(out / TESTS_CSV, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["canaries", "score", "k", "guesses", "correct", "eps_lower", "level"])
                 writer.writerows([name, t.score, t.k, t.guesses, t.correct, round(t.eps, 6), b.level]
-                                 for name, b in tests for t in b.tests)
+                                 for name, b in bounds.items() for t in b.tests)
             return write_summary(out, summary)
 
     def brief(self, summary: dict[str, Any]) -> str:
