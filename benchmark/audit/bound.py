@@ -121,7 +121,9 @@ class AuditBound:
 
     @property
     def best(self) -> Test:
-        return max(self.tests, key=lambda t: (t.eps, t.correct / t.guesses, -t.k))
+        """The test with the largest bound; among equal bounds (0 when nothing is rejected) the one with the
+        most guesses, so a bound of 0 comes with the count over the most canaries."""
+        return max(self.tests, key=lambda t: (t.eps, t.guesses))
 
     @property
     def eps_lower(self) -> float:
