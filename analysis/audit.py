@@ -36,7 +36,7 @@ def _bound_cell(row: pd.Series, prefix: str = "") -> Cell:
         return Cell([MISSING], state="missing", title="not audited")
     lines = [f"ε ≥ {eps:.2f}", f"{row[f'{prefix}correct']:.0f}/{row[f'{prefix}guesses']:.0f} right (k = "
              f"{row[f'{prefix}k']:.0f}), m = {row[f'{prefix}m']:.0f}", f"ceiling {row[f'{prefix}ceiling']:.2f}"]
-    return Cell(lines, strong=str(row["score"]) if not prefix else "")
+    return Cell(lines, strong=str(row["score"]) if not prefix and eps > 0 else "")  # the score that gave it
 
 
 def _check(row: pd.Series) -> Cell:

@@ -180,7 +180,7 @@ def blind_notes(blind: pd.DataFrame, setting_key: tuple) -> list[str]:
     for _, row in rows.sort_values("seed").iterrows():
         flag = ("FLAGGED: members and non-members differ without any model; attack AUCs here mix membership "
                 "with that shift" if row["flagged"] else "no shift detected")
-        notes.append(f"Blind baseline (seed {row['seed']:.0f}, no model queried): shadow-fitted AUC "
+        notes.append(f"Blind baseline (seed {int(float(row['seed']))}, no model queried): shadow-fitted AUC "
                      f"{row['blind_auc']:.3f} [{row['blind_auc_ci_low']:.3f}, {row['blind_auc_ci_high']:.3f}]; "
                      f"cross-fitted shift test AUC {_shift(row)}; {_count(row['n_groups'])} groups. {flag}.")
     return notes
