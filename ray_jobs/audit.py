@@ -26,6 +26,7 @@ Per (seed, setting with canaries, victim arch) and audited defense, the plan add
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -162,11 +163,20 @@ class _Audits:
                 f"{', placebo' if control == 'placebo' else ''}]"
         return self.builder.plan.add(Unit("audit", unit_key("audit", config), config, deps, label, meta))
 
+    def reference(self, arch: str, defense: DefenseSetting) -> str:
+        """The victim trained with `defense` (never on a canary): the grid's own when the grid has that
+        defense, else a model of its own, shown as a reference model rather than as a victim nobody attacks."""
+        before = set(self.builder.plan.units)
+        key = self.builder.model(self.source, self.manifest, "victim", arch, defense, self.seed)
+        unit = self.builder.plan.units[key]
+        if key not in before:
+            unit.meta = dataclasses.replace(unit.meta, role="reference")
+        return key
+
     def add(self, arch: str) -> None:
         calibrated = any(s in NEEDS_REFERENCE for s in self.spec.scores)
         for defense in self.spec.defenses:
-            reference = (self.builder.model(self.source, self.manifest, "victim", arch, defense, self.seed)
-                         if calibrated else None)
+            reference = self.reference(arch, defense) if calibrated else None
             self.audit(arch, self.audit_model(arch, defense), reference, defense, "none", self.spec.scores)
         if self.spec.placebo:
             victim = self.builder.model(self.source, self.manifest, "victim", arch, NO_DEFENSE, self.seed)
