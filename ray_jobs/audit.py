@@ -53,6 +53,9 @@ AUDIT_PARAMS: dict[str, Param] = {
     "scores": Param(list, default=list(SCORES), item=str, choices=SCORES),
     "confidence": Param(float, default=0.95, low=0.5, high=1.0, high_open=True),
     "placebo": Param(bool, default=True, help="audit a victim that never saw a canary (the null check)"),
+    "reference": Param(str, default="same_defense", choices=("same_defense", "grid"),
+                       help="calibration model: the victim trained with the audited defense (trained for the audit "
+                            "when the grid lacks it), or only models the grid trains anyway (else the undefended victim)"),
 }
 
 
@@ -64,6 +67,7 @@ class AuditSpec:
     scores: tuple[str, ...]
     confidence: float
     placebo: bool
+    reference: str = "same_defense"
 
 
 def parse_audit(check: _Checker, raw: dict[str, Any], grid: Grid) -> AuditSpec:
@@ -90,7 +94,7 @@ def parse_audit(check: _Checker, raw: dict[str, Any], grid: Grid) -> AuditSpec:
             raise check.fail(f"splits.{kind}.canaries", f"{n} canaries cannot give each of {len(values['kinds'])} "
                              "kinds one guess per side: need at least 2 per kind")
     return AuditSpec(defenses, archs, tuple(values["kinds"]), tuple(values["scores"]), values["confidence"],
-                     values["placebo"])
+                     values["placebo"], values["reference"])
 
 
 class _Audits:
@@ -98,7 +102,7 @@ class _Audits:
 
     def __init__(self, builder: _Builder, spec: AuditSpec, setting: Setting, manifest: Manifest,
                  placebo: Manifest | None, seed: int) -> None:
-        self.builder, self.spec, self.setting, self.seed = builder, spec, setting, seed
+        self.builder, self.spec, self.seed = builder, spec, seed
         self.manifest, self.placebo_manifest = manifest, placebo
         self.source: DataSource = builder.sources[setting.dataset]
         self.canaries = sorted(manifest.pool("canaries"))
@@ -130,8 +134,8 @@ class _Audits:
         )
         meta = ModelMeta(dataset=self.source.name, arch=arch, role="audit", train_defense=defense.label, overlap="n/a",
                          seed=self.seed, n_train=len(train_ids), placebo=False, setting=self.manifest.setting)
-        label = f"audit model {arch} on {self.source.name} ({defense.label}, {len(self.included)} of " \
-                f"{len(self.canaries)} canaries)"
+        label = (f"audit model {arch} on {self.source.name} ({defense.label}, {len(self.included)} of "
+                 f"{len(self.canaries)} canaries)")
         unit = Unit("model", unit_key("model", config), config, (teacher,) if teacher else (), label, meta)
         return self.builder.plan.add(unit)
 
@@ -159,18 +163,24 @@ class _Audits:
                          defense=defense.name, defense_label=defense.label, control=control,
                          defense_params=defense.params_dict)
         deps = (model, release) + ((reference_release,) if reference_release else ())
-        label = f"audit of {arch} on {self.source.name} [{self.manifest.setting}, {defense.label}" \
-                f"{', placebo' if control == 'placebo' else ''}]"
+        label = (f"audit of {arch} on {self.source.name} [{self.manifest.setting}, {defense.label}"
+                 f"{', placebo' if control == 'placebo' else ''}]")
         return self.builder.plan.add(Unit("audit", unit_key("audit", config), config, deps, label, meta))
 
     def reference(self, arch: str, defense: DefenseSetting) -> str:
         """The victim trained with `defense` (never on a canary): the grid's own when the grid has that
-        defense, else a model of its own, shown as a reference model rather than as a victim nobody attacks."""
-        before = set(self.builder.plan.units)
+        defense; else (`reference: same_defense`) one trained for the audit, shown as a reference model rather
+        than as a victim nobody attacks, or (`reference: grid`) the grid's undefended victim."""
+        plan = self.builder.plan
+        before = dict(plan.units)
         key = self.builder.model(self.source, self.manifest, "victim", arch, defense, self.seed)
+        if key in before:
+            return key
+        if self.spec.reference == "grid":
+            plan.units = before  # not trained by the grid: leave it (and a teacher it needs) out of the plan
+            return self.builder.model(self.source, self.manifest, "victim", arch, NO_DEFENSE, self.seed)
         unit = self.builder.plan.units[key]
-        if key not in before:
-            unit.meta = dataclasses.replace(unit.meta, role="reference")
+        unit.meta = dataclasses.replace(unit.meta, role="reference")
         return key
 
     def add(self, arch: str) -> None:

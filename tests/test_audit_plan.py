@@ -45,11 +45,26 @@ def test_default_profile_audits_the_undefended_victim_and_two_dp_epsilons(tmp_pa
         victim = plan.units[victims[("independent", "pspnet_tiny", unit.meta.defense, False)]]
         members = set(victim.config.train_ids)
         assert set(model.config.train_ids) - canaries == members
-        if unit.meta.defense == "none":
-            assert reference.key == victim.key  # the grid's own victim: no extra training
+        # `reference: grid`: the grid's own victim (no extra training; the DP epsilons audited are not in the grid)
+        assert reference.key == victims[("independent", "pspnet_tiny", "none", False)]
     # the grid's cells are untouched by the audit (same units with and without it)
     without = _plan(dataclasses.replace(grid, audit=None), tmp_path)
     assert {u.key for u in without.units.values() if u.kind == "cell"} == {u.key for u in plan.of_kind("cell")}
+    assert {u.key for u in plan.of_kind("model")} - {u.key for u in without.of_kind("model")} == {
+        u.config.model for u in audits if u.meta.control == "none"}  # only the three audit models are new
+
+
+def test_same_defense_references_train_a_reference_per_dp_epsilon(tmp_path):
+    grid = load_grid("default")
+    grid = dataclasses.replace(grid, audit=dataclasses.replace(grid.audit, reference="same_defense"))
+    plan = _plan(grid, tmp_path)
+    references = [u for u in plan.of_kind("model") if u.meta.role == "reference"]
+    assert sorted(u.config.defense["params"]["target_epsilon"] for u in references) == [2.0, 8.0]
+    for unit in plan.of_kind("audit"):
+        reference = plan.units[plan.units[unit.config.reference].deps[0]]
+        if unit.meta.control == "none":
+            assert reference.config.defense == plan.units[unit.config.model].config.defense
+            assert reference.config.seed != plan.units[unit.config.model].config.seed
 def test_bad_audit_blocks_are_refused(tmp_path):
     cases = [
         ({"audit": {"defenses": ["argmax"]}}, "argmax is an output defense"),
