@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
 from analysis.aggregate import AUC_CHANCE, aggregate, strongest, worst_case
+from analysis.audit import plot_audit
 from analysis.figures import new_figure, save, skip, slug
 from analysis.matched import pareto_front
 from analysis.matched_plots import plot_matched_frontier
@@ -204,4 +205,5 @@ def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run
         *_trend(worst, out, "dp_sgd", lambda f: f["dp_epsilon_mean"], "the DP-SGD privacy budget",
                 "DP-SGD privacy budget ε (log scale; mean over seeds)", "log", "auc_vs_dp_epsilon"),
         *plot_dependent_vs_independent(worst, out),
+        *plot_audit(runs.audits, out),
     ]

@@ -10,7 +10,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -19,7 +19,8 @@ from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
 from analysis.schema import (
-    BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS, CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
+    AUDIT, AUDIT_KIND_METRICS, AUDIT_METRICS, AUDIT_PARAMS, BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS,
+    CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
     MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG,
     member_tag,
 )
@@ -38,6 +39,7 @@ class GridRuns:
     cells: pd.DataFrame
     models: pd.DataFrame
     blind: pd.DataFrame
+    audits: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _kind_filter(kind: str) -> str:
@@ -195,6 +197,14 @@ def _blind(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _audits(frame: pd.DataFrame) -> pd.DataFrame:
+    from benchmark.audit.canaries import KINDS
+
+    out = _typed(frame, AUDIT_PARAMS, [*AUDIT_METRICS, *(f"{k}_{m}" for k in KINDS for m in AUDIT_KIND_METRICS)])
+    out["error"] = _column(frame, f"tags.{ERROR_TAG}")
+    return out.reset_index(drop=True)
+
+
 def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | None = None) -> GridRuns:
     """The cells and models of one invocation: `parent_run_id`, else the experiment's latest one."""
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
@@ -212,6 +222,7 @@ def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | No
         cells=_cells(frame[kind == CELL]),
         models=_models(frame[kind == MODEL]),
         blind=_blind(frame[kind == BLIND]),
+        audits=_audits(frame[kind == AUDIT]),
     )
 
 

@@ -7,7 +7,7 @@ KIND_TAG = "segleak.kind"
 PARENT_TAG = "mlflow.parentRunId"
 # run kinds (the tag's values): a grid cell is "attack" by contract; a fitted attack model is a unit kind
 # called "fit" and has no run of its own (its figures are logged with the cells that use it)
-INVOCATION, MODEL, CELL, BLIND = "invocation", "model", "attack", "blind"
+INVOCATION, MODEL, CELL, BLIND, AUDIT = "invocation", "model", "attack", "blind", "audit"
 
 UNIT_TAG = "segleak.unit"
 SETTING_TAG = "segleak.setting"
@@ -50,3 +50,10 @@ MODEL_METRICS = ("miou_train", "miou_heldout", "loss_train", "loss_heldout", "dp
 BLIND_PARAMS = ("dataset", "shadow_dataset", "setting", "seed", "overlap")
 BLIND_METRICS = ("blind_auc", "blind_auc_ci_low", "blind_auc_ci_high", "shift_auc", "shift_null_low",
                  "shift_null_high", "shift_p_value", "n_members", "n_nonmembers", "n_groups")
+AUDIT_PARAMS = ("dataset", "arch", "setting", "seed", "defense", "defense_params", "defense_label", "control",
+                "score", "kinds")
+# the bound over all canaries, its test (k per side, guesses, correct), the ceiling (every guess right), the
+# audited model's accountant; each kind's own bound as <kind>_<metric>
+AUDIT_KIND_METRICS = ("eps_lower", "k", "guesses", "correct", "m", "n_included", "ceiling", "n_tests")
+AUDIT_METRICS = (*AUDIT_KIND_METRICS, "level", "delta", "confidence", "dp_epsilon", "dp_noise_multiplier",
+                 "miou_heldout", "miou_train")

@@ -238,4 +238,8 @@ def build_plan(grid: Grid, sources: dict[str, DataSource], manifests: dict[tuple
                 first[(seed, setting)] = manifest
         for (seed, setting), manifest in first.items():
             builder.blind(setting, manifest, seed)
+    if grid.audit is not None:
+        from ray_jobs.audit import add_audits  # it builds on this module's units
+
+        add_audits(builder, manifests)
     return plan

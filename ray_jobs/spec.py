@@ -7,12 +7,13 @@ from the registries (benchmark.registry): a defense, attack or dataset declares 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -28,6 +29,9 @@ from benchmark.models.train import TRAIN_PARAMS
 from benchmark.params import Param, check_params
 from benchmark.paths import project_root
 from benchmark.registry import ATTACKS, DEFENSES
+
+if TYPE_CHECKING:
+    from ray_jobs.audit import AuditSpec
 
 PROFILES_DIR = project_root() / "ray_jobs" / "profiles"
 SYNTHETIC = "synthetic"
@@ -179,6 +183,7 @@ class Grid:
     retries: int
     leakage_maps: bool = True
     blind: bool = True
+    audit: AuditSpec | None = None  # one-run privacy audits (ray_jobs/audit.py)
 
     def shadow_archs_for(self, victim_arch: str) -> tuple[str, ...]:
         return self.shadow_archs if self.shadow_archs else (victim_arch,)
@@ -214,6 +219,7 @@ _TOP: dict[str, Param] = {
     "retries": Param(int, default=1, low=0),
     "leakage_maps": Param(bool, default=True),
     "blind": Param(bool, default=True, help="the blind baseline and shift test of every setting"),
+    "audit": Param(dict, default=None, nullable=True, help="one-run privacy audits (ray_jobs/audit.py)"),
 }
 
 
@@ -446,6 +452,10 @@ def validate(raw: Any, source: str) -> Grid:
         raise check.fail("seeds/overlaps", "a value is listed twice")
     _check_crop(check, grid)
     _check_reference_sets(check, grid)
+    if top.get("audit") is not None:
+        from ray_jobs.audit import parse_audit  # it builds on this module's defense parsing
+
+        grid = dataclasses.replace(grid, audit=parse_audit(check, top["audit"], grid))
     return grid
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 UNIT_KINDS = ComponentRegistry("unit kind", scope="segleak", locations=[
     "ray_jobs.units.model", "ray_jobs.units.release", "ray_jobs.units.fit", "ray_jobs.units.cell",
-    "ray_jobs.units.blind",
+    "ray_jobs.units.blind", "ray_jobs.units.audit",
 ])
 
 
