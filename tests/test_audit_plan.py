@@ -42,7 +42,7 @@ def test_default_profile_audits_the_undefended_victim_and_two_dp_epsilons(tmp_pa
             continue
         model = plan.units[unit.config.model]
         assert model.meta.role == "audit" and set(model.config.heldout_ids).isdisjoint(canaries)
-        victim = plan.units[victims[("independent", "pspnet_tiny", unit.meta.defense, False)]]
+        victim = plan.units[victims[("independent", "pspnet_tiny", "none", False)]]  # members do not depend on the defense
         members = set(victim.config.train_ids)
         assert set(model.config.train_ids) - canaries == members
         # `reference: grid`: the grid's own victim (no extra training; the DP epsilons audited are not in the grid)
