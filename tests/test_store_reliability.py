@@ -265,6 +265,17 @@ class _Ref:
         except Exception as exc:  # noqa: BLE001 - raised by get, as Ray does
             self.value, self.error = None, exc
 
+    def future(self):
+        """A finished concurrent future, as Ray's `ObjectRef.future()` gives once the task has ended."""
+        import concurrent.futures
+
+        future = concurrent.futures.Future()
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            future.set_result(self.value)
+        return future
+
 
 class _InlineRay:
     """What the scheduler uses of Ray, running each task at submission in this process."""
