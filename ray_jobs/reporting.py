@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmark.errors import SegleakError
+from ray_jobs.background_log import BackgroundLogger
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.scheduler import SKIPPED
 from ray_jobs.store import ResultStore
@@ -31,15 +33,42 @@ class Summary:
 
 
 class Reporter:
-    def __init__(self, plan: Plan, store: ResultStore, tracker: Tracker) -> None:
+    """Logs each finished or failed unit through its kind; `background`: in a child process (see
+    ray_jobs.background_log), so the driver only hands the event over."""
+
+    def __init__(self, plan: Plan, store: ResultStore, tracker: Tracker, background: bool = False) -> None:
         self.plan, self.store, self.tracker = plan, store, tracker
         self.kinds = {name: UNIT_KINDS.lookup(name)() for name in {u.kind for u in plan.units.values()}}
+        self.logger = BackgroundLogger(tracker, store.root, store.invocation) if background else None
 
     def unit_done(self, unit: Unit, summary: dict[str, Any]) -> None:
-        self.kinds[unit.kind].log(self.tracker, unit, summary, self.store)
+        if self.logger is not None:
+            self.logger.log_done(unit, summary)
+        else:
+            self.kinds[unit.kind].log(self.tracker, unit, summary, self.store)
 
     def unit_failed(self, unit: Unit, error: str) -> None:
-        self.kinds[unit.kind].log_failure(self.tracker, unit, error)
+        if self.logger is not None:
+            self.logger.log_failed(unit, error)
+        else:
+            self.kinds[unit.kind].log_failure(self.tracker, unit, error)
+
+    def flush(self) -> list[tuple[str, BaseException]]:
+        """Wait until the units handed over so far are logged: the (unit key, error) pairs met meanwhile
+        (logged in this process, an error has been raised already)."""
+        return self.logger.flush() if self.logger is not None else []
+
+    def close(self, stream=sys.stdout) -> None:
+        """Log what is left and stop the background logger; a unit it could not log is named in one line."""
+        if self.logger is None:
+            return
+        try:
+            errors = self.logger.close()
+        except SegleakError as exc:  # the results are in the store: say so, and still write what can be
+            print(f"warning: {exc}", file=stream)
+            return
+        for key, error in errors:
+            print(f"warning: could not log unit {key} to MLflow: {type(error).__name__}: {error}", file=stream)
 
     def _leakage_maps(self, out: Path) -> list[Path]:
         """One figure per undefended, non-placebo victim release: where members and non-members differ."""
@@ -65,9 +94,15 @@ class Reporter:
             written.append(path)
         return written
 
+    def kill(self) -> None:
+        """Stop the background logger at once (the invocation is failing; the next one logs every unit)."""
+        if self.logger is not None:
+            self.logger.kill()
+
     def finish(self, grid: Grid, summary: Summary, stream=sys.stdout) -> dict[str, Any]:
         from analysis.report import write_report
 
+        self.close(stream)  # every run logged before the report reads them; the driver writes again after
         out = self.store.local_root / "report"
         report: dict[str, Any] = {}
         try:

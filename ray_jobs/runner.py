@@ -74,14 +74,18 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
     tracker = Tracker(tracking_uri, grid.name, {"profile": profile or ("custom" if grid_file else "default"),
                                                 "grid_name": grid.name, "grid_source": grid.source,
                                                 "results": store.root, "ray_address": address or "local"})
-    reporter = Reporter(plan, store, tracker)
+    reporter = Reporter(plan, store, tracker, background=True)  # MLflow off the scheduling loop
     store.sweep_stale()
     init_ray(address, max_concurrent, store)
     import ray
 
     try:
         outcome = Scheduler(plan, store, grid.resources, grid.retries, max_concurrent,
-                            on_done=reporter.unit_done, on_failed=reporter.unit_failed, stream=stream).run()
+                            on_done=reporter.unit_done, on_failed=reporter.unit_failed, stream=stream,
+                            flush=reporter.flush).run()
+    except BaseException:
+        reporter.kill()
+        raise
     finally:
         ray.shutdown()
     summary = Summary(counts, outcome.failed, len(outcome.cached), time.time() - started, outcome.compute_seconds)

@@ -47,6 +47,15 @@ class Tracker:
         self.parent_id = run.info.run_id
         self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in params.items()])
 
+    @classmethod
+    def attach(cls, tracking_uri: str, experiment_id: str, parent_id: str) -> Tracker:
+        """The tracker of a running invocation in another process (the background logger): same parent run."""
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        tracker = cls.__new__(cls)
+        tracker.client, tracker.uri = MlflowClient(tracking_uri), tracking_uri
+        tracker.experiment_id, tracker.parent_id = experiment_id, parent_id
+        return tracker
+
     def log_run(self, kind: str, name: str, params: dict[str, Any], tags: dict[str, str] | None = None,
                 metrics: dict[str, Any] | None = None, artifacts: Iterable[Path] = (), status: str = "FINISHED") -> str:
         """A nested run under the invocation: params as text, finite metrics only, then its artifacts."""
