@@ -49,11 +49,13 @@ def print_plan(plan: Plan, store: ResultStore, stream=sys.stdout) -> None:
 
 def run_benchmark(profile: str | None = None, grid_file: str | None = None, results: str = "results",
                   tracking_uri: str | None = None, address: str | None = None, max_concurrent: int | None = None,
-                  dry_run: bool = False, stream=sys.stdout) -> Summary:
+                  dry_run: bool = False, gpu_check: str | None = None, stream=sys.stdout) -> Summary:
     """Run a grid end to end; finished units from earlier invocations are reused, never recomputed.
 
     `dry_run`: validate the grid and the data, print the plan (units per kind, the naive count, what is
-    already finished) and stop before Ray starts or MLflow is touched."""
+    already finished) and its estimated GPU-hours (ray_jobs.estimate: from `gpu_check`, a `make gpu-check`
+    JSON, else <results>/gpu-check.json, else the committed H200 measurement), and stop before Ray starts
+    or MLflow is touched. A real run prints the estimate when `gpu_check` is given."""
     started = time.time()
     grid = load_grid(profile, grid_file)
     store = ResultStore(results)
@@ -64,6 +66,10 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
     plan = build_plan(grid, sources, make_manifests(grid, sources, store, stream))
     counts = plan.counts()
     print_plan(plan, store, stream)
+    if dry_run or gpu_check:
+        from ray_jobs.estimate import print_estimate
+
+        print_estimate(plan, grid, gpu_check, results, stream)
     if dry_run:
         return Summary(counts, cached=sum(store.is_done(u.kind, u.key) for u in plan.units.values()))
 
