@@ -122,7 +122,7 @@ class Scheduler:
                     self._damaged(exc)
                     outcome.cached.discard(unit.key)
                     outcome.done.pop(unit.key)
-        for key, exc in self.flush() if self.flush else ():
+        for key, exc in self.flush() if self.flush and outcome.cached else ():  # only cached units were handed over
             if not isinstance(exc, DamagedUnit):
                 raise exc
             self._damaged(exc)
