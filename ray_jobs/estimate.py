@@ -147,14 +147,14 @@ class _Estimator:
             raise LookupError(f"{arch} {phase} not measured")
         return found["images_per_s"], found.get("image_size")
 
-    def part(self, unit: Unit) -> str | None:
+    def part(self, unit: Unit, train_phase: str = "train") -> str | None:
         """The measured phase a unit's estimate rests on, where a kind has several (models: train, dp)."""
-        return DEFENSE_PHASES.get(unit.config.defense["name"], "train") if unit.kind == "model" else None
+        return DEFENSE_PHASES.get(unit.config.defense["name"], train_phase) if unit.kind == "model" else None
 
-    def model(self, unit: Unit) -> float:
+    def model(self, unit: Unit, train_phase: str = "train") -> float:
         cfg = unit.config
         defense = self._defense(cfg.defense)
-        phase = self.part(unit)
+        phase = self.part(unit, train_phase)
         try:
             rate, size = self._rate(cfg.arch, phase)
         except LookupError:
@@ -231,7 +231,16 @@ def estimate_plan(plan: Plan, grid: Grid, check: GpuCheck) -> Estimate:
             counts = kind.parts.setdefault(part, [0, 0.0])
             counts[0] += 1
             counts[1] += seconds
-    return Estimate(check, kinds, sorted(estimator.notes))
+    notes = sorted(estimator.notes)
+    if "model" in kinds and kinds["model"].gpu_seconds:
+        try:  # the models' cost with deterministic kernels, as `train_model` asks for on a GPU (deterministic="warn")
+            strict = sum(estimator.model(u, "train_det") for u in plan.of_kind("model")
+                         if estimator.unit_seconds(u) is not None)
+            notes.append(f"models at the `train` rate (cuDNN autotuned); at the deterministic `train_det` rate "
+                         f"they take {strict / 3600:.1f} GPU-hours instead of {kinds['model'].gpu_seconds / 3600:.1f}")
+        except LookupError:
+            pass
+    return Estimate(check, kinds, notes)
 
 
 def format_estimate(estimate: Estimate) -> str:

@@ -55,8 +55,8 @@ class UnitKind:
 
 def config_json(config: Any) -> dict[str, Any]:
     """A config's fields as a dict, without copying them: `dataclasses.asdict` deep-copies every list, which
-    for a cell's 1500 image ids costs the driver ~17 ms per call (plan keys, Ray arguments). Fields hold JSON
-    values; a nested dataclass still becomes a dict, as with `asdict`."""
+    for a cell's 1500 image ids costs the driver 1.2 ms per call (plan keys, Ray arguments; 4 us here).
+    Fields hold JSON values; a nested dataclass still becomes a dict, as with `asdict`."""
     return {f.name: asdict(v) if is_dataclass(v) and not isinstance(v, type) else v
             for f in fields(config) for v in (getattr(config, f.name),)}
 
