@@ -192,7 +192,7 @@ def _models(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _blind(frame: pd.DataFrame) -> pd.DataFrame:
     out = _typed(frame, BLIND_PARAMS, BLIND_METRICS)
-    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")  # a param (text); the report formats it as a number
     out["flagged"] = _column(frame, "tags.segleak.flagged").eq("true")
     return out.reset_index(drop=True)
 

@@ -86,6 +86,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         address=args.address or os.environ.get("RAY_ADDRESS"),
         max_concurrent=args.max_concurrent,
         dry_run=args.dry_run,
+        gpu_check=args.gpu_check,
     )
     return 1 if summary.failed else 0
 
@@ -185,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     bench.add_argument("--max-concurrent", type=_positive, help="at most this many jobs at once")
     bench.add_argument("--dry-run", action="store_true",
-                       help="validate the grid and the data, print the plan and what is finished, then stop")
+                       help="validate the grid and the data, print the plan, what is finished and the estimated "
+                            "GPU-hours, then stop")
+    bench.add_argument("--gpu-check", metavar="FILE",
+                       help="a `make gpu-check` JSON for the GPU-hour estimate (default: <results>/gpu-check.json "
+                            "if there, else the committed NVIDIA H200 measurement)")
     bench.set_defaults(handler=_cmd_benchmark)
 
     data = sub.add_parser("data", help="synthesise, check or prepare a dataset")

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmark.errors import SegleakError
 from benchmark.failure import one_line
 from benchmark.redact import redact
+from ray_jobs.background_log import BackgroundLogger
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.scheduler import SKIPPED
 from ray_jobs.store import ResultStore, temp_name
@@ -35,21 +37,44 @@ class Summary:
 
 
 class Reporter:
-    def __init__(self, plan: Plan, store: ResultStore, tracker: Tracker) -> None:
+    """Logs each finished or failed unit through its kind; `background`: in a child process (see
+    ray_jobs.background_log), so the driver only hands the event over."""
+
+    def __init__(self, plan: Plan, store: ResultStore, tracker: Tracker, background: bool = False) -> None:
         self.plan, self.store, self.tracker = plan, store, tracker
         self.kinds = {name: UNIT_KINDS.lookup(name)() for name in {u.kind for u in plan.units.values()}}
-        self.reused = 0
+        self.logger = BackgroundLogger(tracker, store.root, store.invocation) if background else None
 
     def unit_done(self, unit: Unit, summary: dict[str, Any]) -> None:
-        """Log a finished unit, unless an earlier or a concurrent invocation logged it already (then its run
-        is tagged as one of this invocation's and nothing is logged twice)."""
-        if self.tracker.reuse(unit.key):
-            self.reused += 1
-            return
-        self.kinds[unit.kind].log(self.tracker, unit, summary, self.store)
+        """Log a finished unit (in the background logger when there is one), unless an earlier or a concurrent
+        invocation logged it already: then its run is tagged as one of this invocation's instead."""
+        if self.logger is not None:
+            self.logger.log_done(unit, summary)
+        else:
+            self.tracker.log_unit(self.kinds[unit.kind], unit, summary, self.store)
 
     def unit_failed(self, unit: Unit, error: str) -> None:
-        self.kinds[unit.kind].log_failure(self.tracker, unit, error)
+        if self.logger is not None:
+            self.logger.log_failed(unit, error)
+        else:
+            self.kinds[unit.kind].log_failure(self.tracker, unit, error)
+
+    def flush(self) -> list[tuple[str, BaseException]]:
+        """Wait until the units handed over so far are logged: the (unit key, error) pairs met meanwhile
+        (logged in this process, an error has been raised already)."""
+        return self.logger.flush() if self.logger is not None else []
+
+    def close(self, stream=sys.stdout) -> None:
+        """Log what is left and stop the background logger; a unit it could not log is named in one line."""
+        if self.logger is None:
+            return
+        try:
+            errors = self.logger.close()
+        except SegleakError as exc:  # the results are in the store: say so, and still write what can be
+            print(f"warning: {exc}", file=stream)
+            return
+        for key, error in errors:
+            print(f"warning: could not log unit {key} to MLflow: {type(error).__name__}: {error}", file=stream)
 
     def _leakage_maps(self, out: Path) -> list[Path]:
         """One figure per undefended, non-placebo victim release: where members and non-members differ."""
@@ -74,6 +99,11 @@ class Reporter:
                              adapter.classes, path, ignore_index=adapter.ignore_index)
             written.append(path)
         return written
+
+    def kill(self) -> None:
+        """Stop the background logger at once (the invocation is failing; the next one logs every unit)."""
+        if self.logger is not None:
+            self.logger.kill()
 
     def _write(self, grid: Grid, out: Path) -> dict[str, Any]:
         """Leaderboard, plots and leakage maps into `out` (nothing logged to MLflow yet)."""
@@ -104,6 +134,7 @@ class Reporter:
         return {name: [final / Path(p).relative_to(staging) for p in paths] for name, paths in report.items()}
 
     def finish(self, grid: Grid, summary: Summary, stream=sys.stdout) -> dict[str, Any]:
+        self.close(stream)  # every run logged before the report reads them; the driver writes again after
         report: dict[str, Any] = {}
         out = self.store.local_root / "report"
         try:
@@ -115,7 +146,7 @@ class Reporter:
             print(f"warning: no report written ({one_line(exc)}); the runs are in MLflow, and "
                   f"`segleak leaderboard` / `segleak plots` write it later", file=stream)
         html = [p for p in report.get("leaderboard", []) if Path(p).suffix == ".html"]
-        self.tracker.describe(grid.name, html[0] if html else None, self.reused)
+        self.tracker.describe(grid.name, html[0] if html else None)
         self.tracker.log_parent({
             "wall_seconds": summary.wall_seconds, "compute_seconds": summary.compute_seconds,
             "n_units": len(self.plan.units), "n_cached": summary.cached, "n_failed": len(summary.failed),

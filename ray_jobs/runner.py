@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from benchmark.errors import SegleakError
 from benchmark.failure import one_line
 from benchmark.paths import default_tracking_uri
 from benchmark.redact import redact
@@ -54,13 +55,15 @@ def print_plan(plan: Plan, store: ResultStore, stream=sys.stdout) -> None:
 
 def run_benchmark(profile: str | None = None, grid_file: str | None = None, results: str = "results",
                   tracking_uri: str | None = None, address: str | None = None, max_concurrent: int | None = None,
-                  dry_run: bool = False, stream=sys.stdout) -> Summary:
+                  dry_run: bool = False, gpu_check: str | None = None, stream=sys.stdout) -> Summary:
     """Run a grid end to end; finished units from earlier invocations are reused, never recomputed.
 
     Refuses in one line, before it writes anything or starts Ray, a bad grid, a tracking store that does not
     answer, a resource request no node can satisfy and images that do not decode (ray_jobs.preflight).
     `dry_run`: validate the grid and the data, print the plan (units per kind, the naive count, what is
-    already finished) and stop before Ray starts or MLflow is written to."""
+    already finished) and its estimated GPU-hours (ray_jobs.estimate: from `gpu_check`, a `make gpu-check`
+    JSON, else <results>/gpu-check.json, else the committed H200 measurement), and stop before Ray starts
+    or MLflow is written to. A real run prints the estimate when `gpu_check` is given."""
     started = time.time()
     grid = load_grid(profile, grid_file)
     store = ResultStore(results)
@@ -73,8 +76,18 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
     plan = build_plan(grid, sources, make_manifests(grid, sources, store, stream))
     counts = plan.counts()
     print_plan(plan, store, stream)
+    if dry_run or gpu_check:
+        from ray_jobs.estimate import print_estimate
+
+        print_estimate(plan, grid, gpu_check, results, stream)
     if not address:
-        check_resources(plan, grid.resources, local_capacity(max_concurrent), "the local Ray instance")
+        try:
+            check_resources(plan, grid.resources, local_capacity(max_concurrent), "the local Ray instance")
+        except SegleakError as refusal:  # a dry run plans a cluster profile from a laptop: say so, go on
+            if not dry_run:
+                raise
+            print(f"segleak: note: a local run would stop here: {refusal} (a cluster run with --address may not)",
+                  file=stream)
     check_images(plan, store)
     if dry_run:
         return Summary(counts, cached=sum(store.is_done(u.kind, u.key) for u in plan.units.values()))
@@ -110,7 +123,7 @@ def _run(plan: Plan, grid, store: ResultStore, tracker, address: str | None, max
     from ray_jobs.reporting import Reporter
     from ray_jobs.scheduler import Scheduler
 
-    reporter = Reporter(plan, store, tracker)
+    reporter = Reporter(plan, store, tracker, background=True)  # MLflow off the scheduling loop
     store.sweep_stale()
     session = None
     if not address:
@@ -131,8 +144,12 @@ def _run(plan: Plan, grid, store: ResultStore, tracker, address: str | None, max
         check_resources(plan, grid.resources, cluster_capacity(),
                         f"the Ray cluster at {redact(address)}" if address else "the local Ray instance")
         outcome = Scheduler(plan, store, grid.resources, grid.retries, max_concurrent,
-                            on_done=reporter.unit_done, on_failed=reporter.unit_failed, stream=stream).run()
+                            on_done=reporter.unit_done, on_failed=reporter.unit_failed, stream=stream,
+                            flush=reporter.flush).run()
         failed = bool(outcome.failed)
+    except BaseException:
+        reporter.kill()
+        raise
     finally:
         ray.shutdown()
         if session is not None and not failed:  # a failed run keeps Ray's logs until the next invocation

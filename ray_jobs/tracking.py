@@ -165,6 +165,12 @@ class Tracker:
                 found[key] = (run.info.start_time, run.info.run_id)
         return {key: run_id for key, (_, run_id) in found.items()}
 
+    def log_unit(self, kind: Any, unit: Any, summary: dict[str, Any], store: Any) -> None:
+        """Log a finished unit through its kind, unless an earlier or a concurrent invocation logged it
+        already: then that run is tagged as one of this invocation's (one run per unit across invocations)."""
+        if self.reuse(unit.key) is None:
+            kind.log(self, unit, summary, store)
+
     def reuse(self, unit_key: str) -> str | None:
         """The FINISHED run another invocation (or an earlier one) logged for this unit, now tagged as one of
         this invocation's runs; None when there is none and the unit must be logged."""
@@ -192,6 +198,17 @@ class Tracker:
                 with contextlib.suppress(Exception):  # deleted meanwhile by the other invocation
                     self.client.delete_run(run.info.run_id)
         return keep.info.run_id
+
+    @classmethod
+    def attach(cls, tracking_uri: str, experiment_id: str, parent_id: str) -> Tracker:
+        """The tracker of a running invocation in another process (the background logger): same parent run."""
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        tracker = cls.__new__(cls)
+        tracker.client, tracker.uri = MlflowClient(tracking_uri), tracking_uri
+        tracker.experiment_id, tracker.parent_id = experiment_id, parent_id
+        tracker.member = schema.member_tag(parent_id)
+        tracker._finished, tracker._ended = None, False
+        return tracker
 
     def log_run(self, kind: str, name: str, params: dict[str, Any], tags: dict[str, str] | None = None,
                 metrics: dict[str, Any] | None = None, artifacts: Iterable[Path] = (), status: str = "FINISHED") -> str:
@@ -222,9 +239,11 @@ class Tracker:
         if artifacts_dir is not None and artifacts_dir.exists():
             self.client.log_artifacts(self.parent_id, str(artifacts_dir), artifact_path)
 
-    def describe(self, grid_name: str, leaderboard: Path | None, n_reused: int) -> None:
+    def describe(self, grid_name: str, leaderboard: Path | None) -> None:
         """The run's description in the MLflow UI: where the leaderboard is, and how to list every run of this
         invocation (runs reused from other invocations are nested under the invocation that logged them)."""
+        members = _search_all(self.client, self.experiment_id, f"tags.`{self.member}` = 'true'")
+        n_reused = sum(r.data.tags.get(schema.PARENT_TAG) != self.parent_id for r in members)
         lines = [f"segleak benchmark of grid **{grid_name}**."]
         if leaderboard is not None:
             self.client.set_tag(self.parent_id, schema.LEADERBOARD_TAG, str(leaderboard))

@@ -30,17 +30,19 @@ CELL_METRICS = {"auc", "auc_ci_low", "auc_ci_high", "balanced_accuracy", "precis
 MODEL_PARAMS = {"dataset", "arch", "role", "train_defense", "overlap", "seed", "n_train"}
 
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+def child_env() -> dict[str, str]:
+    """This process's environment as it is now (a test's monkeypatched AWS_* included), importable as here."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 def segleak(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, cwd=cwd)
+                          timeout=timeout, env=child_env(), cwd=cwd)
 
 
 def start(results: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "benchmark.cli", "benchmark", "--profile", "smoke", "--results",
-                             str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                             str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
 
 
 def sessions_of(driver: subprocess.Popen) -> list[Path]:

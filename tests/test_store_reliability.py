@@ -265,6 +265,17 @@ class _Ref:
         except Exception as exc:  # noqa: BLE001 - raised by get, as Ray does
             self.value, self.error = None, exc
 
+    def future(self):
+        """A finished concurrent future, as Ray's `ObjectRef.future()` gives once the task has ended."""
+        import concurrent.futures
+
+        future = concurrent.futures.Future()
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            future.set_result(self.value)
+        return future
+
 
 class _InlineRay:
     """What the scheduler uses of Ray, running each task at submission in this process."""
@@ -445,7 +456,7 @@ def test_two_invocations_at_once_train_each_model_exactly_once(tmp_path):
         assert run.returncode == 0, out[-3000:] + err[-3000:]
     events = ResultStore(results).ledger()
     computed = Counter((e["kind"], e["key"]) for e in events)
-    assert sum(kind == "model" for kind, _ in computed) == 6
+    assert sum(kind == "model" for kind, _ in computed) == 6  # the smoke profile's models, placebo victims included
     assert set(computed.values()) == {1}, [unit for unit, n in computed.items() if n > 1]
     assert len(computed) == 49 and all(e["published"] for e in events)
     assert not list(results.glob(f"*/{TEMP_PREFIX}*")) and not list(results.glob(f"*/{LOCK_PREFIX}*"))
