@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import SELECTION_RULE, aggregate
+from analysis.aggregate import SELECTION_RULE, aggregate, worst_case
+from analysis.matched import matched_sections
 from analysis.runs import GridRuns, load_runs
 
 MISSING = "—"
@@ -180,7 +181,7 @@ def blind_notes(blind: pd.DataFrame, setting_key: tuple) -> list[str]:
     for _, row in rows.sort_values("seed").iterrows():
         flag = ("FLAGGED: members and non-members differ without any model; attack AUCs here mix membership "
                 "with that shift" if row["flagged"] else "no shift detected")
-        notes.append(f"Blind baseline (seed {row['seed']}, no model queried): shadow-fitted AUC "
+        notes.append(f"Blind baseline (seed {int(float(row['seed']))}, no model queried): shadow-fitted AUC "
                      f"{row['blind_auc']:.3f} [{row['blind_auc_ci_low']:.3f}, {row['blind_auc_ci_high']:.3f}]; "
                      f"cross-fitted shift test AUC {_shift(row)}; {_count(row['n_groups'])} groups. {flag}.")
     return notes
@@ -199,6 +200,7 @@ def build_sections(table: pd.DataFrame, models: pd.DataFrame, blind: pd.DataFram
         placebo = frame[frame["control"] != "none"]
         if not placebo.empty:
             sections.append(_placebo_section(setting_key, placebo))
+    sections += matched_sections(worst_case(table))
     victims = models[models["role"] == "victim"]
     if not victims.empty:
         sections.append(_victims_section(victims))
@@ -420,6 +422,9 @@ def write_leaderboard(tracking_uri: str, experiment: str | None, out: Path, pare
     runs = load_runs(tracking_uri, experiment, parent_run_id)
     table = aggregate(runs.cells)
     sections = build_sections(table, runs.models, runs.blind)
+    from analysis.audit import audit_sections  # it builds on this module's table model
+
+    sections += audit_sections(runs.audits)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.html"]
     to_csv(table).to_csv(paths[0], index=False)

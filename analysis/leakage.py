@@ -11,8 +11,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from analysis.figures import new_figure
-
-IGNORE_INDEX = 255
+from benchmark.data.labels import IGNORE_INDEX
 
 
 def _class_mean_loss(loss: np.ndarray, labels: np.ndarray, n_classes: int, ignore_index: int) -> np.ndarray:

@@ -19,7 +19,10 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
 from analysis.aggregate import AUC_CHANCE, aggregate, strongest, worst_case
+from analysis.audit import plot_audit
 from analysis.figures import new_figure, save, skip, slug
+from analysis.matched import pareto_front
+from analysis.matched_plots import plot_matched_frontier
 from analysis.roc import write_roc_plots
 from analysis.runs import load_runs, parse_params
 
@@ -36,13 +39,6 @@ def _yerr(rows: pd.DataFrame) -> np.ndarray:
     low = (rows["auc_mean"] - rows["auc_ci_low_mean"]).fillna(0).clip(lower=0)
     high = (rows["auc_ci_high_mean"] - rows["auc_mean"]).fillna(0).clip(lower=0)
     return np.vstack([low.to_numpy(), high.to_numpy()])
-
-
-def pareto_front(utility: np.ndarray, leakage: np.ndarray) -> np.ndarray:
-    """Mask of points no other point beats on both axes (higher utility, lower leakage)."""
-    better_or_equal = (utility[None, :] >= utility[:, None]) & (leakage[None, :] <= leakage[:, None])
-    strictly = (utility[None, :] > utility[:, None]) | (leakage[None, :] < leakage[:, None])
-    return ~(better_or_equal & strictly).any(axis=1)
 
 
 def _frontier_panel(ax: Axes, rows: pd.DataFrame, metric: str, ylabel: str, chance: float,
@@ -139,8 +135,9 @@ def plot_overlap_heatmap(best: pd.DataFrame, out: Path) -> list[Path]:
 def _trend(worst: pd.DataFrame, out: Path, defense: str, x_of: Callable[[pd.DataFrame], pd.Series],
            title: str, xlabel: str, xscale: str, stem: str) -> list[Path]:
     """AUC (with interval) against one defense parameter; the undefended AUC as a dotted reference."""
-    rows = worst[worst["defense"] == defense].assign(x=lambda f: x_of(f)).dropna(subset=["x", "auc_mean"])
-    if rows.empty:
+    rows = worst[worst["defense"] == defense]
+    rows = rows.assign(x=x_of(rows)).dropna(subset=["x", "auc_mean"]) if len(rows) else rows
+    if rows.empty:  # also a grid without cells: its table lacks the metric columns
         return skip(stem, f"no finished {defense} cell with its parameter")
     fig = new_figure(7.5, 5.6)
     ax = fig.subplots()
@@ -201,10 +198,12 @@ def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run
     return [
         *write_roc_plots(runs, out),
         *plot_frontier(worst, out),
+        *plot_matched_frontier(worst, out),
         *plot_overlap_heatmap(strongest(table), out),
         *_trend(worst, out, "gaussian", _sigma, "the Gaussian output noise",
                 "Gaussian noise σ (std of the noise added to each posterior value)", "linear", "auc_vs_gaussian_sigma"),
         *_trend(worst, out, "dp_sgd", lambda f: f["dp_epsilon_mean"], "the DP-SGD privacy budget",
                 "DP-SGD privacy budget ε (log scale; mean over seeds)", "log", "auc_vs_dp_epsilon"),
         *plot_dependent_vs_independent(worst, out),
+        *plot_audit(runs.audits, out),
     ]

@@ -11,12 +11,16 @@ from analysis.leaderboard import write_leaderboard
 from analysis.plots import write_plots
 
 
-def write_report(tracking_uri: str, experiment: str | None, out_dir: Path, parent_run_id: str) -> dict[str, list[Path]]:
-    """Write <out_dir>/leaderboard and <out_dir>/plots for `parent_run_id`; log them under the same names."""
+def write_report(tracking_uri: str, experiment: str | None, out_dir: Path, parent_run_id: str,
+                 log: bool = True) -> dict[str, list[Path]]:
+    """Write <out_dir>/leaderboard and <out_dir>/plots for `parent_run_id`; log them under the same names
+    (`log=False`: the caller logs them once the report is complete, as the runner does)."""
     written = {
         "leaderboard": write_leaderboard(tracking_uri, experiment, out_dir / "leaderboard", parent_run_id),
         "plots": write_plots(tracking_uri, experiment, out_dir / "plots", parent_run_id),
     }
+    if not log:
+        return written
     client = MlflowClient(tracking_uri)
     for name, paths in written.items():
         for path in paths:

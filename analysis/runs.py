@@ -10,7 +10,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -19,8 +19,10 @@ from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient
 
 from analysis.schema import (
-    BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS, CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
+    AUDIT, AUDIT_KIND_METRICS, AUDIT_METRICS, AUDIT_PARAMS, BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS,
+    CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
     MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG, TUNED_TAG,
+    member_tag,
 )
 from benchmark.errors import SegleakError
 
@@ -37,6 +39,7 @@ class GridRuns:
     cells: pd.DataFrame
     models: pd.DataFrame
     blind: pd.DataFrame
+    audits: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _kind_filter(kind: str) -> str:
@@ -84,12 +87,15 @@ def _runs_frame(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
 
 
 def _descendants(frame: pd.DataFrame, root: str) -> pd.DataFrame:
-    """Runs nested under `root` at any depth (the grid may nest cells under model runs)."""
+    """Runs nested under `root` at any depth (the grid may nest cells under model runs), and the runs `root`
+    reused from other invocations (its member tag)."""
     children: dict[str, list[str]] = {}
     for run_id, parent in zip(frame["run_id"], _column(frame, f"tags.{PARENT_TAG}")):
         if isinstance(parent, str):
             children.setdefault(parent, []).append(run_id)
-    keep, todo = set(), [root]
+    # runs logged by an earlier or a concurrent invocation and reused by this one carry its member tag
+    keep = set(frame["run_id"][_column(frame, f"tags.{member_tag(root)}").eq("true")])
+    todo = [root, *keep]
     while todo:
         for child in children.get(todo.pop(), []):
             if child not in keep:
@@ -187,8 +193,16 @@ def _models(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _blind(frame: pd.DataFrame) -> pd.DataFrame:
     out = _typed(frame, BLIND_PARAMS, BLIND_METRICS)
-    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")  # a param (text); the report formats it as a number
     out["flagged"] = _column(frame, "tags.segleak.flagged").eq("true")
+    return out.reset_index(drop=True)
+
+
+def _audits(frame: pd.DataFrame) -> pd.DataFrame:
+    from benchmark.audit.canaries import KINDS
+
+    out = _typed(frame, AUDIT_PARAMS, [*AUDIT_METRICS, *(f"{k}_{m}" for k in KINDS for m in AUDIT_KIND_METRICS)])
+    out["error"] = _column(frame, f"tags.{ERROR_TAG}")
     return out.reset_index(drop=True)
 
 
@@ -209,6 +223,7 @@ def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | No
         cells=_cells(frame[kind == CELL]),
         models=_models(frame[kind == MODEL]),
         blind=_blind(frame[kind == BLIND]),
+        audits=_audits(frame[kind == AUDIT]),
     )
 
 

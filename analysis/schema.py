@@ -7,7 +7,7 @@ KIND_TAG = "segleak.kind"
 PARENT_TAG = "mlflow.parentRunId"
 # run kinds (the tag's values): a grid cell is "attack" by contract; a fitted attack model is a unit kind
 # called "fit" and has no run of its own (its figures are logged with the cells that use it)
-INVOCATION, MODEL, CELL, BLIND = "invocation", "model", "attack", "blind"
+INVOCATION, MODEL, CELL, BLIND, AUDIT = "invocation", "model", "attack", "blind", "audit"
 
 UNIT_TAG = "segleak.unit"
 SETTING_TAG = "segleak.setting"
@@ -21,6 +21,21 @@ SELECTION_TAG = "segleak.selection"
 TUNED_TAG = "segleak.tuned"  # an attack's hyper-parameters tuned on the attacker's data (JSON)
 BANK_TAG = "segleak.bank"  # a reference model's bank: offline or online
 REFERENCE_INDEX_TAG = "segleak.reference_index"
+# a unit's run is logged once per experiment, by the first invocation that finishes it, and nested under that
+# invocation's run; every invocation that uses it (a resumed or a concurrent one) tags it with MEMBER_PREFIX +
+# its own parent run id, so an invocation's runs are its nested runs plus the runs carrying its tag
+MEMBER_PREFIX = "segleak.in."
+# who runs an invocation: a later invocation closes a RUNNING parent run whose process is provably gone
+HOST_ID_TAG, PID_TAG, PID_START_TAG = "segleak.host_id", "segleak.pid", "segleak.pid_start"
+LEADERBOARD_TAG = "segleak.leaderboard"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
+# MLflow 3's UI opens an experiment of this kind on its runs table (the default is the GenAI overview)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def member_tag(parent_run_id: str) -> str:
+    """The tag that lists a unit's run among the runs of the invocation `parent_run_id`."""
+    return f"{MEMBER_PREFIX}{parent_run_id}"
 
 CELL_PARAMS = (
     "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",
@@ -38,3 +53,10 @@ MODEL_METRICS = ("miou_train", "miou_heldout", "loss_train", "loss_heldout", "dp
 BLIND_PARAMS = ("dataset", "shadow_dataset", "setting", "seed", "overlap")
 BLIND_METRICS = ("blind_auc", "blind_auc_ci_low", "blind_auc_ci_high", "shift_auc", "shift_null_low",
                  "shift_null_high", "shift_p_value", "n_members", "n_nonmembers", "n_groups")
+AUDIT_PARAMS = ("dataset", "arch", "setting", "seed", "defense", "defense_params", "defense_label", "control",
+                "score", "kinds")
+# the bound over all canaries, its test (k per side, guesses, correct), the ceiling (every guess right), the
+# audited model's accountant; each kind's own bound as <kind>_<metric>
+AUDIT_KIND_METRICS = ("eps_lower", "k", "guesses", "correct", "m", "n_included", "ceiling", "n_tests")
+AUDIT_METRICS = (*AUDIT_KIND_METRICS, "level", "delta", "confidence", "dp_epsilon", "dp_noise_multiplier",
+                 "miou_heldout", "miou_train")

@@ -11,29 +11,17 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from types import FrameType
 
 from analysis.server import STOP_SIGNALS, TrackingServer
 from benchmark.redact import redact
-
-
-class Stopped(Exception):
-    """A stop signal arrived; `signum` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum: int, _frame: FrameType | None) -> None:
-    raise Stopped(signum)
+from benchmark.signals import Stopped, raise_stopped
 
 
 def serve_ui(tracking_uri: str, port: int = 5000) -> int:
     """Serve until a stop signal (128 + its number) or until the server dies (its exit code)."""
     server = TrackingServer(tracking_uri, port=port)
     main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS} if main else {}
+    previous = {sig: signal.signal(sig, raise_stopped) for sig in STOP_SIGNALS} if main else {}
     try:
         server.start()
         print(f"MLflow UI for {redact(tracking_uri)} at {server.url} (Ctrl-C to stop)", flush=True)

@@ -86,6 +86,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         address=args.address or os.environ.get("RAY_ADDRESS"),
         max_concurrent=args.max_concurrent,
         dry_run=args.dry_run,
+        gpu_check=args.gpu_check,
     )
     return 1 if summary.failed else 0
 
@@ -185,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     bench.add_argument("--max-concurrent", type=_positive, help="at most this many jobs at once")
     bench.add_argument("--dry-run", action="store_true",
-                       help="validate the grid and the data, print the plan and what is finished, then stop")
+                       help="validate the grid and the data, print the plan, what is finished and the estimated "
+                            "GPU-hours, then stop")
+    bench.add_argument("--gpu-check", metavar="FILE",
+                       help="a `make gpu-check` JSON for the GPU-hour estimate (default: <results>/gpu-check.json "
+                            "if there, else the committed NVIDIA H200 measurement)")
     bench.set_defaults(handler=_cmd_benchmark)
 
     data = sub.add_parser("data", help="synthesise, check or prepare a dataset")
@@ -245,23 +250,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `segleak` console script; bad input ends in one line on stderr and exit 2."""
+    """Entry point of the `segleak` console script: bad input ends in one line on stderr and exit 2, any other
+    error in one line and exit 1, SIGTERM/SIGHUP like Ctrl-C (clean-up, then 128 + the signal's number). Every
+    line has its URIs' credentials masked."""
+    from benchmark.failure import one_line
+    from benchmark.signals import Stopped, stop_on_signals
+
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        with stop_on_signals():
+            return handler(args)
     except SegleakError as exc:
-        print(f"segleak: error: {exc}", file=sys.stderr)
+        print(f"segleak: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Stopped as stopped:
+        print(f"segleak: stopped by {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print("segleak: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
         if os.environ.get("SEGLEAK_DEBUG"):
             raise
-        print(f"segleak: error: {type(exc).__name__}: {exc} (set SEGLEAK_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"segleak: error: {one_line(exc)} (set SEGLEAK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from benchmark.data.splits import ImageIndex, Manifest
 from benchmark.data.synth import SynthSpec, ensure_synthetic_dataset
 from ray_jobs.spec import NO_DEFENSE, AttackSetting, DefenseSetting, Grid, Setting
+from ray_jobs.units.base import config_json
 from ray_jobs.units.blind import BlindConfig, BlindMeta
 from ray_jobs.units.cell import CellConfig, CellMeta
 from ray_jobs.units.fit import FitConfig
@@ -31,7 +32,7 @@ SYNTHETIC = "synthetic"
 
 def unit_key(kind: str, config: Any) -> str:
     """A short, stable content hash: same kind and resolved config -> same key, on any machine."""
-    payload = asdict(config) if hasattr(config, "__dataclass_fields__") else config
+    payload = config_json(config) if hasattr(config, "__dataclass_fields__") else config
     blob = json.dumps({"kind": kind, "version": PLAN_VERSION, "config": payload}, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -47,7 +48,7 @@ class Unit:
 
     @property
     def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
+        return config_json(self.config)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,13 @@ class _Builder:
 
     def __init__(self, grid: Grid, plan: Plan, sources: dict[str, DataSource]) -> None:
         self.grid, self.plan, self.sources = grid, plan, sources
+        self._scored: dict[int, tuple[list[str], list[str]]] = {}
+
+    def scored(self, manifest: Manifest) -> tuple[list[str], list[str]]:
+        """`manifest.scored()` once per manifest: it scans every query image, and a manifest has many cells."""
+        if id(manifest) not in self._scored:
+            self._scored[id(manifest)] = manifest.scored()
+        return self._scored[id(manifest)]
 
     def model(self, source: DataSource, manifest: Manifest, role: str, arch: str, defense: DefenseSetting,
               seed: int) -> str:
@@ -169,7 +177,7 @@ class _Builder:
 
     def cell(self, fit_key: str, victim_release: str, victim_model: str, defense: DefenseSetting,
              manifest: Manifest, source: DataSource, meta: CellMeta, population: str | None = None) -> str:
-        members, nonmembers = manifest.scored()
+        members, nonmembers = self.scored(manifest)
         config = CellConfig(
             fit=fit_key, release=victim_release, victim_model=victim_model, dataset=source.spec,
             output_defense=(defense if defense.output_side else NO_DEFENSE).to_json(),
@@ -182,7 +190,7 @@ class _Builder:
 
     def blind(self, setting: Setting, manifest: Manifest, seed: int) -> str:
         victim, shadow = self.sources[setting.dataset], self.sources[setting.shadow_dataset]
-        members, nonmembers = manifest.scored()
+        members, nonmembers = self.scored(manifest)
         config = BlindConfig(
             dataset=victim.spec, root=victim.root, members=sorted(members), nonmembers=sorted(nonmembers),
             shadow_dataset=shadow.spec, shadow_root=shadow.root, shadow_members=sorted(manifest.shadow.members),
@@ -253,4 +261,8 @@ def build_plan(grid: Grid, sources: dict[str, DataSource], manifests: dict[tuple
                 first[(seed, setting)] = manifest
         for (seed, setting), manifest in first.items():
             builder.blind(setting, manifest, seed)
+    if grid.audit is not None:
+        from ray_jobs.audit import add_audits  # it builds on this module's units
+
+        add_audits(builder, manifests)
     return plan

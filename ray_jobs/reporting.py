@@ -3,14 +3,20 @@ into a report and a summary."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmark.errors import SegleakError
+from benchmark.failure import one_line
+from benchmark.redact import redact
+from ray_jobs.background_log import BackgroundLogger
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.scheduler import SKIPPED
-from ray_jobs.store import ResultStore
+from ray_jobs.store import ResultStore, temp_name
 from ray_jobs.tracking import Tracker
 from ray_jobs.units import UNIT_KINDS
 
@@ -31,15 +37,44 @@ class Summary:
 
 
 class Reporter:
-    def __init__(self, plan: Plan, store: ResultStore, tracker: Tracker) -> None:
+    """Logs each finished or failed unit through its kind; `background`: in a child process (see
+    ray_jobs.background_log), so the driver only hands the event over."""
+
+    def __init__(self, plan: Plan, store: ResultStore, tracker: Tracker, background: bool = False) -> None:
         self.plan, self.store, self.tracker = plan, store, tracker
         self.kinds = {name: UNIT_KINDS.lookup(name)() for name in {u.kind for u in plan.units.values()}}
+        self.logger = BackgroundLogger(tracker, store.root, store.invocation) if background else None
 
     def unit_done(self, unit: Unit, summary: dict[str, Any]) -> None:
-        self.kinds[unit.kind].log(self.tracker, unit, summary, self.store)
+        """Log a finished unit (in the background logger when there is one), unless an earlier or a concurrent
+        invocation logged it already: then its run is tagged as one of this invocation's instead."""
+        if self.logger is not None:
+            self.logger.log_done(unit, summary)
+        else:
+            self.tracker.log_unit(self.kinds[unit.kind], unit, summary, self.store)
 
     def unit_failed(self, unit: Unit, error: str) -> None:
-        self.kinds[unit.kind].log_failure(self.tracker, unit, error)
+        if self.logger is not None:
+            self.logger.log_failed(unit, error)
+        else:
+            self.kinds[unit.kind].log_failure(self.tracker, unit, error)
+
+    def flush(self) -> list[tuple[str, BaseException]]:
+        """Wait until the units handed over so far are logged: the (unit key, error) pairs met meanwhile
+        (logged in this process, an error has been raised already)."""
+        return self.logger.flush() if self.logger is not None else []
+
+    def close(self, stream=sys.stdout) -> None:
+        """Log what is left and stop the background logger; a unit it could not log is named in one line."""
+        if self.logger is None:
+            return
+        try:
+            errors = self.logger.close()
+        except SegleakError as exc:  # the results are in the store: say so, and still write what can be
+            print(f"warning: {exc}", file=stream)
+            return
+        for key, error in errors:
+            print(f"warning: could not log unit {key} to MLflow: {type(error).__name__}: {error}", file=stream)
 
     def _leakage_maps(self, out: Path) -> list[Path]:
         """One figure per undefended, non-placebo victim release: where members and non-members differ."""
@@ -65,19 +100,53 @@ class Reporter:
             written.append(path)
         return written
 
-    def finish(self, grid: Grid, summary: Summary, stream=sys.stdout) -> dict[str, Any]:
+    def kill(self) -> None:
+        """Stop the background logger at once (the invocation is failing; the next one logs every unit)."""
+        if self.logger is not None:
+            self.logger.kill()
+
+    def _write(self, grid: Grid, out: Path) -> dict[str, Any]:
+        """Leaderboard, plots and leakage maps into `out` (nothing logged to MLflow yet)."""
         from analysis.report import write_report
 
-        out = self.store.local_root / "report"
-        report: dict[str, Any] = {}
+        report: dict[str, Any] = write_report(self.tracker.uri, grid.name, out, self.tracker.parent_id, log=False)
+        if grid.leakage_maps:
+            report["leakage"] = self._leakage_maps(out / "leakage")
+        return report
+
+    def write_report(self, grid: Grid) -> dict[str, Any]:
+        """The report, all or nothing: written into a private folder beside `<results>/report`, then renamed into
+        its place, so a full disk or a crash leaves the previous report whole (or none), never a mix."""
+        final = self.store.local_root / "report"
+        staging = final.with_name(temp_name("report"))
         try:
-            report = write_report(self.tracker.uri, grid.name, out, self.tracker.parent_id)
-            if grid.leakage_maps:
-                report["leakage"] = self._leakage_maps(out / "leakage")
-                self.tracker.log_parent({}, out / "leakage", "leakage")
+            report = self._write(grid, staging)
+            old = final.with_name(temp_name("report-old"))
+            try:
+                os.rename(final, old)
+            except FileNotFoundError:
+                old = None
+            os.rename(staging, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return {name: [final / Path(p).relative_to(staging) for p in paths] for name, paths in report.items()}
+
+    def finish(self, grid: Grid, summary: Summary, stream=sys.stdout) -> dict[str, Any]:
+        self.close(stream)  # every run logged before the report reads them; the driver writes again after
+        report: dict[str, Any] = {}
+        out = self.store.local_root / "report"
+        try:
+            report = self.write_report(grid)
             self.store.publish_dir("report")
+            for name in report:
+                self.tracker.log_parent({}, out / name, name)
         except Exception as exc:  # noqa: BLE001 - the runs are logged; a report problem must not hide them
-            print(f"warning: could not write the report: {type(exc).__name__}: {exc}", file=stream)
+            print(f"warning: no report written ({one_line(exc)}); the runs are in MLflow, and "
+                  f"`segleak leaderboard` / `segleak plots` write it later", file=stream)
+        html = [p for p in report.get("leaderboard", []) if Path(p).suffix == ".html"]
+        self.tracker.describe(grid.name, html[0] if html else None)
         self.tracker.log_parent({
             "wall_seconds": summary.wall_seconds, "compute_seconds": summary.compute_seconds,
             "n_units": len(self.plan.units), "n_cached": summary.cached, "n_failed": len(summary.failed),
@@ -98,10 +167,11 @@ def _print_summary(summary: Summary, report: dict[str, Any], tracker: Tracker, s
         print(f"FAILED: {len(summary.failed)} units ({len(causes)} failed, "
               f"{len(summary.failed) - len(causes)} skipped because of them)", file=stream)
         for key, error in sorted(causes.items()):
-            print(f"  {key}: {error}", file=stream)
+            print(f"  {key}: {redact(error)}", file=stream)
     for name in ("leaderboard", "plots"):
         paths = [Path(p) for p in report.get(name, [])]
         if paths:
             print(f"{name}: {paths[0].parent}", file=stream)
-    print(f"MLflow: {tracker.uri} (experiment {tracker.client.get_experiment(tracker.experiment_id).name}, "
-          f"run {tracker.parent_id}); browse with `segleak ui --tracking-uri {tracker.uri}` or `make ui`", file=stream)
+    uri = redact(tracker.uri)
+    print(f"MLflow: {uri} (experiment {tracker.client.get_experiment(tracker.experiment_id).name}, "
+          f"run {tracker.parent_id}); browse with `segleak ui --tracking-uri {uri}` or `make ui`", file=stream)

@@ -1,14 +1,17 @@
 """Runs a plan's units on Ray in dependency order.
 
 The driver holds the DAG: each unit counts the units it still waits for, and a unit is submitted as a Ray
-task the moment its count reaches zero, at most `max_concurrent` at a time, so the driver's work per unit
-does not grow with the plan's size. Ray retries a failing task (`retries` from the grid); a unit that still
-fails is recorded with its error and only the units downstream of it are skipped, so one bad cell never
-stops unrelated ones. Each finished unit prints one line, instead of Ray's log stream.
+task the moment its count reaches zero, at most `max_concurrent` at a time (else at most `WINDOW`: Ray holds
+each queued task's arguments). A finished task announces itself through its future's callback on a queue,
+so the driver never rescans what is in flight and its work per unit does not grow with the plan's size.
+Ray retries a failing task (`retries` from the grid); a unit that still fails is recorded with its error
+and only the units downstream of it are skipped, so one bad cell never stops unrelated ones. Each
+finished unit prints one line, instead of Ray's log stream.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -17,11 +20,13 @@ from typing import Any
 
 import ray
 
+from benchmark.redact import redact
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.store import DamagedUnit, ResultStore
 from ray_jobs.units import UNIT_KINDS, UnitCrashed, UnitRefused, execute
 
 SKIPPED = "skipped: upstream"
+WINDOW = 10_000  # tasks submitted and not finished, without --max-concurrent: enough to keep any cluster busy
 
 
 @dataclass
@@ -36,29 +41,51 @@ def _one_line(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the task's own exception
     text = str(cause).strip().splitlines()
     last = text[-1] if text else ""
-    return (last if isinstance(cause, (UnitRefused, UnitCrashed)) else f"{type(cause).__name__}: {last}")[:500]
+    return redact(last if isinstance(cause, (UnitRefused, UnitCrashed)) else f"{type(cause).__name__}: {last}")[:500]
 
 
 class Scheduler:
     def __init__(self, plan: Plan, store: ResultStore, resources: dict[str, dict[str, float]], retries: int,
                  max_concurrent: int | None, on_done: Callable[[Unit, dict[str, Any]], None],
-                 on_failed: Callable[[Unit, str], None], stream=sys.stdout) -> None:
+                 on_failed: Callable[[Unit, str], None], stream=sys.stdout,
+                 flush: Callable[[], list[tuple[str, BaseException]]] | None = None) -> None:
+        """`flush`: waits until `on_done` has logged what it was handed (a background logger) and returns
+        the (unit key, error) pairs it met; a finished unit found damaged then is recomputed."""
         self.plan, self.store, self.retries = plan, store, retries
         self.resources = resources
-        self.max_concurrent = max_concurrent or 10**6
-        self.on_done, self.on_failed, self.stream = on_done, on_failed, stream
+        self.max_concurrent = max_concurrent or WINDOW
+        self.on_done, self.on_failed, self.stream, self.flush = on_done, on_failed, stream, flush
         self._remote = ray.remote(execute)
         self._kinds = {name: UNIT_KINDS.lookup(name)() for name in {u.kind for u in plan.units.values()}}
+        self._options: dict[str, Any] = {}
+        self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self._finished = 0
 
-    def _submit(self, unit: Unit) -> ray.ObjectRef:
-        res = self.resources[self._kinds[unit.kind].stage]
-        return self._remote.options(
-            # Ray retries crashed workers and unexpected errors, not a unit refusing its input (it would again)
-            num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=self.retries, retry_exceptions=[UnitCrashed],
-            name=f"segleak-{unit.kind}",
-        ).remote(unit.kind, unit.key, unit.config_dict, str(self.store.root), max(1, int(res["cpu"])),
-                 self.store.invocation)
+    def _submit(self, unit: Unit) -> None:
+        """Start the unit's task; its future puts (key, future) on `_completed` when it ends."""
+        if unit.kind not in self._options:  # one set of options per kind, built once
+            res = self.resources[self._kinds[unit.kind].stage]
+            self._options[unit.kind] = (self._remote.options(
+                # Ray retries crashed workers and unexpected errors, not a unit refusing its input (it would again)
+                num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=self.retries, retry_exceptions=[UnitCrashed],
+                name=f"segleak-{unit.kind}"), max(1, int(res["cpu"])))
+        remote, threads = self._options[unit.kind]
+        ref = remote.remote(unit.kind, unit.key, unit.config_dict, str(self.store.root), threads, self.store.invocation)
+        ref.future().add_done_callback(lambda future, key=unit.key: self._completed.put((key, future)))
+
+    def _next_completed(self) -> list[tuple[str, Any]]:
+        """Block until a task ends; every (key, future) that has ended by then."""
+        items = []
+        while not items:
+            try:
+                items.append(self._completed.get(timeout=1.0))  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+        while True:
+            try:
+                items.append(self._completed.get_nowait())
+            except queue.Empty:
+                return items
 
     def _print(self, mark: str, unit: Unit, detail: str) -> None:
         self._finished += 1
@@ -68,21 +95,19 @@ class Scheduler:
     def _damaged(self, exc: DamagedUnit, prefix: str = "") -> None:
         """One line naming a damaged unit's file and why; the unit has been moved aside to be recomputed."""
         where = f"; moved aside to {exc.moved_to}" if exc.moved_to else ""
-        print(f"{prefix}damaged {exc.kind} {exc.key}: {exc.reason}{where}; recomputing it", file=self.stream, flush=True)
+        print(redact(f"{prefix}damaged {exc.kind} {exc.key}: {exc.reason}{where}; recomputing it"), file=self.stream, flush=True)
 
     def _cached(self, units: list[Unit], outcome: Outcome) -> None:
         """Finished units are reused; one whose files fail the cheap check is moved aside and recomputed."""
         for unit in units:
             try:
-                if self.store.is_done(unit.kind, unit.key):
-                    outcome.done[unit.key] = self.store.read_unit(unit.kind, unit.key)["summary"]
-                    outcome.cached.add(unit.key)
-                    continue
-                reason = self.store.verify(unit.kind, unit.key, deep=False)
-                if reason:
-                    self._damaged(DamagedUnit(unit.kind, unit.key, reason, self.store.set_aside(unit.kind, unit.key)))
-            except DamagedUnit as exc:
+                record = self.store.finished(unit.kind, unit.key)
+            except DamagedUnit as exc:  # set aside: recomputed
                 self._damaged(exc)
+                continue
+            if record is not None:
+                outcome.done[unit.key] = record["summary"]
+                outcome.cached.add(unit.key)
 
     def run(self) -> Outcome:
         outcome = Outcome()
@@ -98,6 +123,12 @@ class Scheduler:
                     self._damaged(exc)
                     outcome.cached.discard(unit.key)
                     outcome.done.pop(unit.key)
+        for key, exc in self.flush() if self.flush and outcome.cached else ():  # only cached units were handed over
+            if not isinstance(exc, DamagedUnit):
+                raise exc
+            self._damaged(exc)
+            outcome.cached.discard(key)
+            outcome.done.pop(key, None)
         self._finished = len(outcome.cached)
         waiting: dict[str, int] = {}
         dependents: dict[str, list[str]] = {}
@@ -111,18 +142,18 @@ class Scheduler:
                 dependents.setdefault(dep, []).append(unit.key)
             if not open_deps:
                 ready.append(unit.key)
-        in_flight: dict[ray.ObjectRef, Unit] = {}
+        in_flight: dict[str, Unit] = {}
         reported = set(outcome.cached)  # a unit recomputed because it was damaged is logged once
         retried: set[str] = set()  # units retried once after an input of theirs was found damaged
         while ready or in_flight:
             while ready and len(in_flight) < self.max_concurrent:
                 unit = self.plan.units[ready.popleft()]
-                in_flight[self._submit(unit)] = unit
-            done_refs, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in done_refs:
-                unit = in_flight.pop(ref)
+                in_flight[unit.key] = unit
+                self._submit(unit)
+            for key, future in self._next_completed():
+                unit = in_flight.pop(key)
                 try:
-                    summary = ray.get(ref)
+                    summary = future.result()
                 except Exception as exc:  # noqa: BLE001 - a failed unit is reported, not fatal
                     damaged = getattr(exc, "cause", None) or exc
                     if isinstance(damaged, DamagedUnit) and unit.key not in retried and damaged.key in self.plan.units:

@@ -7,12 +7,13 @@ from the registries (benchmark.registry): a defense, attack or dataset declares 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,6 +30,9 @@ from benchmark.params import Param, check_params
 from benchmark.paths import project_root
 from benchmark.registry import ATTACKS, DEFENSES
 from ray_jobs.bank import REFERENCE_PARAMS
+
+if TYPE_CHECKING:
+    from ray_jobs.audit import AuditSpec
 
 PROFILES_DIR = project_root() / "ray_jobs" / "profiles"
 SYNTHETIC = "synthetic"
@@ -185,6 +189,7 @@ class Grid:
     blind: bool = True
     references: dict[str, Any] = field(default_factory=dict)  # the reference banks' sizes (ray_jobs.bank)
     lira_protocol: bool = False
+    audit: AuditSpec | None = None  # one-run privacy audits (ray_jobs/audit.py)
 
     def shadow_archs_for(self, victim_arch: str) -> tuple[str, ...]:
         return self.shadow_archs if self.shadow_archs else (victim_arch,)
@@ -222,6 +227,7 @@ _TOP: dict[str, Param] = {
     "blind": Param(bool, default=True, help="the blind baseline and shift test of every setting"),
     "references": Param(dict, default={}, help="reference banks for LiRA, RMIA, calibrated loss: {count, online_count}"),
     "lira_protocol": Param(bool, default=False, help="the LiRA evaluation protocol on each online reference bank"),
+    "audit": Param(dict, default=None, nullable=True, help="one-run privacy audits (ray_jobs/audit.py)"),
 }
 
 
@@ -403,6 +409,21 @@ def _check_crop(check: _Checker, grid: Grid) -> None:
                          f"(images {size[0]}x{size[1]} at output_stride {grid.release['output_stride']})")
 
 
+def _check_reference_sets(check: _Checker, grid: Grid) -> None:
+    """A defense that trains on non-member reference images (distillation, adversarial regularisation) needs
+    `splits.<kind>.reference` > 0 in every setting it runs in: refuse on load, not an hour into a run."""
+    for entry in grid.defenses:
+        if "reference_set" not in entry.defense.needs:
+            continue
+        for setting in grid.settings:
+            if entry.only.settings and setting.kind not in entry.only.settings:
+                continue
+            if not grid.split_spec(setting).reference:
+                raise check.fail(f"splits.{setting.kind}.reference",
+                                 f"defense {entry.label} trains on a reference set of non-member images: set "
+                                 f"splits.{setting.kind}.reference to their number per role (it is 0)")
+
+
 def validate(raw: Any, source: str) -> Grid:
     check = _Checker(source)
     top = check(check_params, "top level", _TOP, raw)
@@ -462,6 +483,11 @@ def validate(raw: Any, source: str) -> Grid:
         raise check.fail("seeds/overlaps", "a value is listed twice")
     _check_crop(check, grid)
     _check_reference_attacks(check, grid)
+    _check_reference_sets(check, grid)
+    if top.get("audit") is not None:
+        from ray_jobs.audit import parse_audit  # it builds on this module's defense parsing
+
+        grid = dataclasses.replace(grid, audit=parse_audit(check, top["audit"], grid))
     return grid
 
 

@@ -130,7 +130,8 @@ def owner_alive(host_id: Any, pid: Any, start: Any) -> bool | None:
     return True
 
 
-def _temp_name(name: str) -> str:
+def temp_name(name: str) -> str:
+    """A private name beside `name` that carries its owner (see `sweep_stale`)."""
     host_id, pid, start = current_owner()
     return f"{TEMP_PREFIX}{name}@{host_id}.{pid}.{start}.{uuid.uuid4().hex[:8]}"
 
@@ -392,6 +393,17 @@ class ResultStore:
             raise DamagedUnit(kind, key, "found damaged and moved aside by another process; recompute it", aside[-1])
         raise SegleakError(f"unit {key} is not in the results store {self.root}")
 
+    def finished(self, kind: str, key: str) -> dict[str, Any] | None:
+        """A finished unit's marker after the cheap check, None if it is not there; a damaged one is set aside
+        (DamagedUnit). One read of the marker, where `is_done` then `read_unit` take two."""
+        check = self._check(kind, key)
+        if check.missing:
+            return None
+        if check.reason is not None:
+            raise DamagedUnit(kind, key, check.reason, self.set_aside(kind, key))
+        self._note_input(kind, key, check.blob)
+        return check.record
+
     def read_unit(self, kind: str, key: str) -> dict[str, Any]:
         """A finished unit's marker (config, summary, ...), after the cheap check of its files."""
         check = self._check(kind, key)
@@ -518,7 +530,7 @@ class ResultStore:
                 return False
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(_temp_name(target.name))
+        tmp = target.with_name(temp_name(target.name))
         tmp.write_bytes(data)
         try:
             os.link(tmp, target)  # fails if the target exists; the content is complete from the start
@@ -598,20 +610,25 @@ class ResultStore:
 
     def _try_lock(self, kind: str, key: str) -> str | None:
         """Take a unit's lock if it is free or its owner is gone: its token, or None if someone holds it."""
+        return self._take_lock(kind, key)[0]
+
+    def _take_lock(self, kind: str, key: str) -> tuple[str | None, bool]:
+        """`_try_lock`, and whether a gone owner's lock was taken over (its temp dirs may be left)."""
         path = self._lock_path(kind, key)
+        took_over = False
         for _ in range(3):
             record = self._owner_record()
             blob = json.dumps(record, indent=1).encode()
             if self._create_exclusive(path, blob):
                 _HEARTBEAT.add(f"{path}#{record['token']}", lambda: self._touch_lock(path, record["token"], blob),
                                every=max(0.05, min(30.0, self.lease_s / 4)))
-                return record["token"]
+                return record["token"], took_over
             current, mtime = self._read_lock(path)
             if current is not None and self._stale(current, mtime) is None:
-                return None
+                return None, False
             if current is not None:
-                self._break(path, current)
-        return None
+                took_over = self._break(path, current) or took_over
+        return None, False
 
     def _unlock(self, kind: str, key: str, token: str) -> None:
         path = self._lock_path(kind, key)
@@ -628,9 +645,9 @@ class ResultStore:
         the block, with `writing`), False when it is finished: it was already, or another process held the
         lock and finished it while this one waited. A lock whose owner is provably gone is taken over; a
         damaged copy found under the lock is moved aside, and dead owners' temp dirs for it are removed."""
-        token = None
+        token, took_over = None, False
         while token is None and not self.is_done(kind, key):
-            token = self._try_lock(kind, key)
+            token, took_over = self._take_lock(kind, key)
             if token is None:
                 time.sleep(self.poll_s)
         if token is None:
@@ -643,7 +660,9 @@ class ResultStore:
             check = self._check(kind, key)
             if check.reason is not None:
                 self._move_aside(kind, key, check.reason)
-            self._sweep(self.local_root / kind, f"{TEMP_PREFIX}{key}@*")
+            if took_over:  # its owner died computing it: its temp dirs (listing the kind's folder is
+                # O(units), so not on every claim; `sweep_stale` finds the others)
+                self._sweep(self.local_root / kind, f"{TEMP_PREFIX}{key}@*")
             if self.root not in _SWEPT:  # once per process: what other nodes' drivers cannot reach
                 _SWEPT.add(self.root)
                 self.sweep_stale()
@@ -657,7 +676,7 @@ class ResultStore:
     def _temp_dir(self, final: Path) -> Path:
         """A private temp dir beside `final`, named after its owner, its lease refreshed while it exists."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / _temp_name(final.name)
+        tmp = final.parent / temp_name(final.name)
         tmp.mkdir()
         _HEARTBEAT.add(str(tmp), lambda: os.utime(tmp), every=max(0.05, min(30.0, self.lease_s / 4)))
         return tmp
@@ -751,7 +770,7 @@ class ResultStore:
             return
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(_temp_name(target.name))
+        tmp = target.with_name(temp_name(target.name))
         tmp.write_bytes(data)
         os.replace(tmp, target)
 
@@ -794,7 +813,8 @@ class ResultStore:
         this is safe at any time. On a bucket nothing partial is visible without its marker: only the local
         mirror is swept (stale locks in a bucket are taken over by the next process that needs the unit)."""
         removed = 0
-        for entry in list(self.local_root.glob(f"*/{TEMP_PREFIX}*")):
+        # unit temp dirs sit in their kind's folder; the report's staging folder sits at the root
+        for entry in [*self.local_root.glob(f"*/{TEMP_PREFIX}*"), *self.local_root.glob(f"{TEMP_PREFIX}*")]:
             try:
                 young = time.time() - entry.lstat().st_mtime < older_than_s
             except FileNotFoundError:

@@ -272,7 +272,8 @@ def test_leaderboard_html_is_self_contained(board: dict) -> None:
     assert "<b>patch/slm</b>" in page and "<b>loss_threshold</b>" in page
     assert html.escape(MISSING_TPR) in page  # the reason a TPR is absent is in the hover text
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert page.count("<table>") == page.count("</table>") == 4  # dependent, its placebo, independent, victims
+    # dependent, its placebo, independent, matched utility in each setting, victims
+    assert page.count("<table>") == page.count("</table>") == 6
 
 
 def test_unknown_experiment_and_empty_store_are_clear_errors(store: Store, tmp_path: Path) -> None:

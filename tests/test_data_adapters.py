@@ -7,7 +7,7 @@ from benchmark.errors import SegleakError
 
 
 def test_unknown_dataset_lists_known():
-    with pytest.raises(SegleakError, match="unknown dataset 'kitti'.*bdd100k, cityscapes, generic, mapillary"):
+    with pytest.raises(SegleakError, match="unknown dataset 'kitti'.*bdd100k, canary_view, cityscapes, generic, mapillary"):
         get_adapter("kitti")
 
 

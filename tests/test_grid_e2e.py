@@ -30,32 +30,66 @@ CELL_METRICS = {"auc", "auc_ci_low", "auc_ci_high", "balanced_accuracy", "precis
 MODEL_PARAMS = {"dataset", "arch", "role", "train_defense", "overlap", "seed", "n_train"}
 
 
-def segleak(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def child_env() -> dict[str, str]:
+    """This process's environment as it is now (a test's monkeypatched AWS_* included), importable as here."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def segleak(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=timeout, env=child_env(), cwd=cwd)
+
+
+def start(results: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", "benchmark", "--profile", "smoke", "--results",
+                             str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+
+
+def sessions_of(driver: subprocess.Popen) -> list[Path]:
+    """The Ray session folders the driver marked as its own (ray_jobs.ray_session)."""
+    from ray_jobs.ray_session import MARK, ray_temp_dir
+
+    return [s for s in ray_temp_dir().glob("session_*")
+            if not s.is_symlink() and (s / MARK).is_file() and json.loads((s / MARK).read_text())["pid"] == driver.pid]
+
+
+def wait_for_first_model(results: Path, driver: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while not any(e["kind"] == "model" for e in ledger(results)):
+        assert driver.poll() is None and time.time() < deadline, "the first model never finished"
+        time.sleep(0.2)
 
 
 def ledger(results: Path) -> list[dict]:
     return ResultStore(results).ledger()
 
 
-def runs(results: Path, kind: str) -> list:
+def invocations(results: Path) -> list:
+    """The invocation runs, newest first."""
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("segleak-smoke")
-    parents = client.search_runs([experiment.experiment_id], "tags.`segleak.kind` = 'invocation'",
-                                 order_by=["attributes.start_time DESC"])
-    latest = parents[0].info.run_id
+    return client.search_runs([experiment.experiment_id], "tags.`segleak.kind` = 'invocation'",
+                              order_by=["attributes.start_time DESC"])
+
+
+def runs(results: Path, kind: str, every: bool = False) -> list:
+    """The latest invocation's runs of a kind (its own and those it reused), or `every` run of the kind."""
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("segleak-smoke")
+    member = f"segleak.in.{invocations(results)[0].info.run_id}"
     return [r for r in client.search_runs([experiment.experiment_id], f"tags.`segleak.kind` = '{kind}'", max_results=5000)
-            if r.data.tags.get("mlflow.parentRunId") == latest]
+            if every or r.data.tags.get(member) == "true"]
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     results = tmp_path_factory.mktemp("smoke")
     started = time.time()
-    first = segleak("benchmark", "--profile", "smoke", "--results", str(results))
+    elsewhere = tmp_path_factory.mktemp("cwd")
+    first = segleak("benchmark", "--profile", "smoke", "--results", str(results), cwd=elsewhere)
     first_seconds = time.time() - started
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert not list(elsewhere.iterdir())  # no ./mlruns: artifacts live under the results folder
     return results, first, first_seconds
 
 
@@ -90,7 +124,13 @@ def test_mlflow_runs_follow_the_schema(smoke):
     assert len(placebo) == 12
     blind = runs(results, "blind")
     assert len(blind) == 1 and {"blind_auc", "blind_auc_ci_low", "shift_auc"} <= set(blind[0].data.metrics)
-    assert "== segleak summary ==" in first.stdout and "leaderboard:" in first.stdout
+    assert "== segleak summary ==" in first.stdout and "leaderboard:" in first.stdout, first.stdout[-3000:]
+    assert "\r" not in first.stdout + first.stderr  # plain lines in a log, no redrawn bars
+    (parent,) = invocations(results)
+    assert parent.info.status == "FINISHED" and parent.data.tags["segleak.leaderboard"].endswith("leaderboard.html")
+    assert "leaderboard/leaderboard.html" in parent.data.tags["mlflow.note.content"]
+    assert all(r.info.artifact_uri.startswith((results / "mlartifacts").as_uri()) for r in cells + [parent])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard", "plots", "leakage"}
 
 
 def test_scores_artifact_matches_logged_auc(smoke):
@@ -137,27 +177,54 @@ def test_second_invocation_recomputes_nothing(smoke):
     assert ledger(results) == before
     assert "49 units in the plan: 49 already finished, 0 to run" in second.stdout
     assert len(runs(results, "attack")) == 24  # the new invocation's runs are complete, from the store
+    assert len(runs(results, "attack", every=True)) == 24  # and reused: no unit is logged twice
     assert seconds < first_seconds
 
 
 def test_killed_run_resumes_and_trains_every_model_once(tmp_path):
+    from ray_jobs.ray_session import holders
+
     results = tmp_path / "killed"
-    driver = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "benchmark", "--profile", "smoke",
-                               "--results", str(results)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not any(e["kind"] == "model" for e in ledger(results)):
-        assert driver.poll() is None and time.time() < deadline, "the first model never finished"
-        time.sleep(0.2)
+    driver = start(results)
+    wait_for_first_model(results, driver)
+    sessions = sessions_of(driver)
     driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    driver.communicate()
     finished_before = Counter(e["kind"] for e in ledger(results))
     assert finished_before["cell"] < 24  # killed mid-way
+    (killed,) = invocations(results)
+    assert killed.info.status == "RUNNING"  # nobody was left to end it
     resumed = segleak("benchmark", "--profile", "smoke", "--results", str(results))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trained = Counter(e["key"] for e in ledger(results) if e["kind"] == "model")
     assert len(trained) == 6 and set(trained.values()) == {1}
     assert not list(results.glob("*/.tmp-*"))  # no half-written unit left behind
     assert len(runs(results, "attack")) == 24
+    # the resumed invocation closed the killed one's run and logged each unit once in the experiment
+    later, first = invocations(results)
+    assert first.info.run_id == killed.info.run_id and first.info.status == "KILLED"
+    assert later.info.status == "FINISHED"
+    for kind, n in (("attack", 24), ("model", 6), ("blind", 1)):
+        logged = Counter(r.data.tags["segleak.unit"] for r in runs(results, kind, every=True))
+        assert len(logged) == n and set(logged.values()) == {1}
+    # the killed driver's Ray session: its folder removed and nothing of it still running
+    assert len(sessions) == 1 and not sessions[0].exists() and not holders(sessions[0])
+
+
+def test_sigterm_stops_the_run_like_ctrl_c(tmp_path):
+    from ray_jobs.ray_session import holders
+
+    results = tmp_path / "terminated"
+    driver = start(results)
+    wait_for_first_model(results, driver)
+    (session,) = sessions_of(driver)
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, err[-3000:]
+    assert err.splitlines()[-1] == "segleak: stopped by SIGTERM"
+    (parent,) = invocations(results)
+    assert parent.info.status == "KILLED" and parent.data.tags["segleak.ended"] == "stopped by SIGTERM"
+    assert not holders(session)  # Ray is down: no raylet, GCS, agent or worker of the run is left
 
 
 def test_a_failing_unit_leaves_the_others_complete(tmp_path):

@@ -265,6 +265,17 @@ class _Ref:
         except Exception as exc:  # noqa: BLE001 - raised by get, as Ray does
             self.value, self.error = None, exc
 
+    def future(self):
+        """A finished concurrent future, as Ray's `ObjectRef.future()` gives once the task has ended."""
+        import concurrent.futures
+
+        future = concurrent.futures.Future()
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            future.set_result(self.value)
+        return future
+
 
 class _InlineRay:
     """What the scheduler uses of Ray, running each task at submission in this process."""
@@ -434,10 +445,7 @@ def test_two_invocations_at_once_train_each_model_exactly_once(tmp_path):
     from mlflow.tracking import MlflowClient
 
     results = tmp_path / "shared"
-    results.mkdir()
-    # two processes creating one new MLflow SQLite file race on its tables ("table datasets already exists"):
-    # a tracking-side problem, not the store's; this test starts from an existing tracking database
-    MlflowClient(f"sqlite:///{results / 'mlflow.db'}").search_experiments()
+    results.mkdir()  # no MLflow database yet: both invocations create it at once
     command = [sys.executable, "-m", "benchmark.cli", "benchmark", "--profile", "smoke", "--results", str(results)]
     started = time.time()
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -448,9 +456,18 @@ def test_two_invocations_at_once_train_each_model_exactly_once(tmp_path):
         assert run.returncode == 0, out[-3000:] + err[-3000:]
     events = ResultStore(results).ledger()
     computed = Counter((e["kind"], e["key"]) for e in events)
-    assert sum(kind == "model" for kind, _ in computed) == 6
+    assert sum(kind == "model" for kind, _ in computed) == 6  # the smoke profile's models, placebo victims included
     assert set(computed.values()) == {1}, [unit for unit, n in computed.items() if n > 1]
     assert len(computed) == 49 and all(e["published"] for e in events)
     assert not list(results.glob(f"*/{TEMP_PREFIX}*")) and not list(results.glob(f"*/{LOCK_PREFIX}*"))
+    # MLflow: each unit logged once; both invocations list all 24 cells (their own runs and the other's)
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("segleak-smoke").experiment_id
+    cells = client.search_runs([experiment], "tags.`segleak.kind` = 'attack'", max_results=1000)
+    assert len(cells) == 24 and len({r.data.tags["segleak.unit"] for r in cells}) == 24
+    parents = client.search_runs([experiment], "tags.`segleak.kind` = 'invocation'")
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    for parent in parents:
+        assert sum(r.data.tags.get(f"segleak.in.{parent.info.run_id}") == "true" for r in cells) == 24
     print(f"two concurrent smoke invocations: {seconds:.0f} s; units per invocation "
           f"{Counter(e['invocation'] for e in events)}")

@@ -110,11 +110,13 @@ def check_dataset(dataset: str | dict, root: Path) -> CheckReport:
         if not paired and not images.keys() ^ labels.keys() and "no_trainids" not in report.problems:
             report.add("empty", adapter.image_dir(root, split))
         pairs += [(images[stem], labels[stem]) for stem in paired]
-    _check_pairs(adapter, pairs, report)
+    check_pairs(adapter, pairs, report)
     return report
 
 
-def _check_pairs(adapter: DatasetAdapter, pairs: list[tuple[Path, Path]], report: CheckReport) -> None:
+def check_pairs(adapter: DatasetAdapter, pairs: list[tuple[Path, Path]], report: CheckReport) -> None:
+    """Decode each image/label pair and add what is wrong with it to `report` (also `segleak benchmark`'s
+    check of the images its plan uses)."""
     allowed = adapter.allowed_raw_values()
     shown = progress(pairs, desc=f"checking {adapter.name}", unit="pair", stream=sys.stderr,
                      disable=2 * len(pairs) < PROGRESS_MIN_FILES)

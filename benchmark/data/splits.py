@@ -4,7 +4,9 @@ Correctness holds by construction, and `Manifest` re-checks it on every construc
 back from disk): members and non-members of a role are disjoint; with shadow overlap f exactly
 round(f * n_shadow_members) shadow members are victim members and the rest are images the victim never
 saw; a placebo victim trains on images outside both of its query sets; the named pools (the attacker's
-population, reference sets for defenses, audit canaries) lie outside every query set. With `group_split`,
+population, reference sets for defenses, audit canaries) lie outside every query set; each audit canary is
+included in the audit models' training independently with probability 1/2 (pool "canaries_in", a seeded draw
+that depends on the seed and the canaries alone). With `group_split`,
 all of this holds for whole groups (a city, a video sequence): no group has images on two sides.
 
 Every list is drawn by a seeded shuffle of groups (`_Draw`; without groups every image is its own group):
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 VERSION = 2
 ROLES = ("victim", "shadow")
 LISTS = ("train", "members", "nonmembers")
-POOLS = ("attacker", "victim_reference", "shadow_reference", "canaries")
+POOLS = ("attacker", "victim_reference", "shadow_reference", "canaries", "canaries_in")
 AUTO_FRACTION = 0.2  # dependent auto recipe: each of the five groups gets a fifth of the images
 
 # The grid's `splits.dependent` / `splits.independent` blocks (sizes: null = the whole split).
@@ -221,8 +223,10 @@ def _validate(m: Manifest) -> None:
     same = m.setting == "dependent"
     victim_side = m.victim.queried | (m.shadow.queried if same else set())
     shadow_side = m.shadow.queried | (m.victim.queried if same else set())
-    outside = {"victim_reference": victim_side, "canaries": victim_side, "shadow_reference": shadow_side,
-               "attacker": m.victim.queried if same else set()}
+    outside = {"victim_reference": victim_side, "canaries": victim_side, "canaries_in": victim_side,
+               "shadow_reference": shadow_side, "attacker": m.victim.queried if same else set()}
+    if not set(m.pool("canaries_in")) <= set(m.pool("canaries")):
+        raise SegleakError("manifest: pool 'canaries_in' holds ids that are not canaries")
     for name, ids in m.pools.items():
         if name not in POOLS:
             raise SegleakError(f"manifest: unknown pool {name!r}")
@@ -289,8 +293,17 @@ def _size(value: int | None, available: int, what: str) -> int:
     return n
 
 
+def canary_inclusion(canaries: Sequence[str], seed: int) -> list[str]:
+    """The canaries an audit model trains on: each independently with probability 1/2 (Steinke et al.'s
+    one-run audit needs independent draws, not an exact half), seeded, in id order."""
+    ids = sorted(canaries)
+    keep = _rng(seed, 8).random(len(ids)) < 0.5
+    return [i for i, k in zip(ids, keep) if k]
+
+
 def _spare_pools(spec: SplitSpec, spare: _Draw, n_placebo: int, fallback: Sequence[str], placebo: bool,
-                 roles: Sequence[str], shadow_spare: _Draw | None = None) -> tuple[list[str], dict[str, list[str]]]:
+                 roles: Sequence[str], seed: int,
+                 shadow_spare: _Draw | None = None) -> tuple[list[str], dict[str, list[str]]]:
     """The placebo victim's training set and the named pools, drawn from the spare images in a fixed order, so
     asking for canaries never changes the placebo set and asking for a placebo never changes a pool."""
     reserved = spare.take(min(n_placebo, spare.available()), "the placebo victim")
@@ -304,6 +317,7 @@ def _spare_pools(spec: SplitSpec, spare: _Draw, n_placebo: int, fallback: Sequen
             pools[f"{role}_reference"] = source.take(spec.reference, f"the {role}'s reference set")
     if spec.canaries:
         pools["canaries"] = spare.take(spec.canaries, "the audit canaries")
+        pools["canaries_in"] = canary_inclusion(pools["canaries"], seed)
     return placebo_train, pools
 
 
@@ -335,7 +349,7 @@ def dependent_manifest(index: ImageIndex, spec: SplitSpec, *, overlap: float, se
     shared = _Draw(members, index, _rng(seed, 2), False).take(k, "the overlap")
     shadow_members = shared + fresh[: spec.shadow_members - k]
     victim_train, pools = _spare_pools(spec, rest, spec.victim_members, fresh + shadow_nonmembers, placebo,
-                                       ("victim", "shadow"))
+                                       ("victim", "shadow"), seed)
     used = members + nonmembers + shadow_members + shadow_nonmembers + victim_train
     return Manifest(
         setting="dependent", dataset=index.dataset, shadow_dataset=index.dataset, seed=seed, overlap=float(overlap),
@@ -370,7 +384,8 @@ def independent_manifest(victim: ImageIndex, shadow: ImageIndex, spec: SplitSpec
     shadow_nonmembers = shadow_draw.take(n_sn, f"{n_sm} shadow members + {n_sn} non-members from {shadow.dataset}")
     shadow_members = shadow_draw.take(n_sm, f"{n_sm} shadow members + {n_sn} non-members from {shadow.dataset}")
     spare = _Draw(_outside(victim.ids, members + nonmembers, victim, by_group), victim, _rng(seed, 6), by_group)
-    victim_train, pools = _spare_pools(spec, spare, len(members), (), placebo, ("victim", "shadow"), shadow_draw)
+    victim_train, pools = _spare_pools(spec, spare, len(members), (), placebo, ("victim", "shadow"), seed,
+                                       shadow_draw)
     used = members + nonmembers + victim_train + [i for k, v in pools.items() if k != "shadow_reference" for i in v]
     groups = {**_groups_of(victim, used),
               **_groups_of(shadow, shadow_members + shadow_nonmembers + pools.get("shadow_reference", []))}

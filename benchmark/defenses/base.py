@@ -78,6 +78,9 @@ class TrainingDefense(Defense):
     side = "training"
     order = 500
     norm: ClassVar[str] = "BN"
+    # each image's gradient is clipped alone and no layer mixes images (DP-SGD): an image without a labelled
+    # pixel then changes nothing, so an audit can keep the training set's size public with inert placeholders
+    per_image_clipping: ClassVar[bool] = False
 
     def epochs(self, epochs: int) -> int:
         return epochs

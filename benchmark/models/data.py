@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from benchmark.data.adapters import DatasetAdapter, Sample
 from benchmark.errors import SegleakError
@@ -100,13 +100,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.teacher = teacher
         self.generator = torch.Generator().manual_seed(seed)
         self._train_loader: DataLoader | None = None
+        self._per_epoch: int | None = None
 
     @property
     def eval_names(self) -> list[str]:
         return list(self.eval_sets)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_samples,
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False,
+                sampler: RandomSampler | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=collate_samples,
                           generator=self.generator if shuffle else None, drop_last=drop_last,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
@@ -114,8 +116,11 @@ class SegmentationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self._train_loader is not None:
             return self._train_loader
+        n = self._per_epoch or len(self.train_set)
+        # `per_epoch`: whole shuffled passes over the set, then part of one (each image drawn as evenly as n allows)
+        sampler = RandomSampler(self.train_set, num_samples=n, generator=self.generator) if self._per_epoch else None
         # a lone 1-image last batch would break BatchNorm
-        return self._loader(self.train_set, shuffle=True, drop_last=len(self.train_set) > self.batch_size)
+        return self._loader(self.train_set, shuffle=sampler is None, drop_last=n > self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(s, shuffle=False) for s in self.eval_sets.values()]
@@ -127,9 +132,16 @@ class SegmentationDataModule(pl.LightningDataModule):
     def use_train_loader(self, loader: DataLoader) -> None:
         self._train_loader = loader
 
-    def use_train_samples(self, samples: Sequence[Sample]) -> None:
-        """Train on other images (distillation trains the released student on the reference set only)."""
+    def use_train_samples(self, samples: Sequence[Sample], per_epoch: int | None = None) -> None:
+        """Train on other images (distillation trains the released student on the reference set only);
+        `per_epoch` images are drawn per epoch (a small reference set cycled, so that the student takes as many
+        steps as a model trained on the members)."""
+        if per_epoch is not None and per_epoch < 1:
+            raise SegleakError(f"images per epoch must be >= 1, got {per_epoch}")
+        if not samples:
+            raise SegleakError("no training images were given")
         self.train_set = SegmentationDataset(self.adapter, samples, self.image_size)
+        self._per_epoch = per_epoch
 
     def reference_batches(self) -> Iterator[dict]:
         """Shuffled batches of the reference set, cycling forever (adversarial regularisation's non-members)."""

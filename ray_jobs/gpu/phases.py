@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.data.labels import IGNORE_INDEX
 from ray_jobs.gpu.measure import Device, StepPlan, count_flops, peak_memory_gib, reset_peak_memory, throughput, time_steps
 
 NUM_CLASSES = 19
-IGNORE = 255
+IGNORE = IGNORE_INDEX
 
 # name -> (deterministic, channels_last, compile)
 TRAIN_VARIANTS: dict[str, tuple[bool, bool, bool]] = {

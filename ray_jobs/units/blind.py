@@ -74,6 +74,10 @@ class BlindKind(UnitKind):
             summary["flagged"] = bool(summary["blind_auc_ci_low"] > 0.5 or summary.get("shift_p_value", 1.0) < 0.05)
             return write_summary(out, summary)
 
+    def images(self, config: BlindConfig) -> list[tuple[str, dict[str, Any], list[str]]]:
+        return [(config.root, config.dataset, [*config.members, *config.nonmembers]),
+                (config.shadow_root, config.shadow_dataset, [*config.shadow_members, *config.shadow_nonmembers])]
+
     def brief(self, summary: dict[str, Any]) -> str:
         shift = f", shift test {summary['shift_auc']:.3f} (p {summary['shift_p_value']:.2f})" if "shift_auc" in summary else ""
         return f"blind AUC {summary['blind_auc']:.3f}{shift}{'  FLAGGED: members and non-members differ' if summary['flagged'] else ''}"

@@ -62,6 +62,9 @@ class ModelKind(UnitKind):
             (out / "seen_train_ids.json").write_text(json.dumps(sorted(result.seen_train_ids)))
             return write_summary(out, dict(result.metrics))
 
+    def images(self, config: ModelConfig) -> list[tuple[str, dict[str, Any], list[str]]]:
+        return [(config.root, config.dataset, [*config.train_ids, *config.heldout_ids, *config.reference_ids])]
+
     def brief(self, summary: dict[str, Any]) -> str:
         text = f"mIoU train {summary.get('miou_train', float('nan')):.3f} / held-out {summary.get('miou_heldout', float('nan')):.3f}"
         if "dp_epsilon" in summary:

@@ -49,6 +49,9 @@ class ReleaseKind(UnitKind):
             return write_summary(out, {"n_images": len(ids), "shape": list(released.log_probs.shape),
                                        "bytes": (out / OUTPUTS).stat().st_size})
 
+    def images(self, config: ReleaseConfig) -> list[tuple[str, dict[str, Any], list[str]]]:
+        return [(config.root, config.dataset, [*config.members, *config.nonmembers])]
+
     def brief(self, summary: dict[str, Any]) -> str:
         return f"{summary.get('n_images', '?')} images"
 

@@ -29,6 +29,7 @@ class DPSGD(TrainingDefense):
     name = "dp_sgd"
     order = 510
     norm = "GN"  # Opacus cannot take per-image gradients through BatchNorm, which mixes images
+    per_image_clipping = True
     example = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
     params = {
         "max_grad_norm": Param(float, low=0.0, low_open=True, help="per-image gradient clipping norm"),

@@ -1,0 +1,84 @@
+"""The matched-utility frontier: per defense family a curve of leakage against held-out mIoU (each point its
+parameter value, error bars its interval), the undefended victim, the targets (its mIoU minus each drop) and
+the Pareto front over every point; AUC and TPR at 1% FPR side by side (see analysis.matched)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+
+from analysis.aggregate import AUC_CHANCE
+from analysis.figures import new_figure, save, skip, slug
+from analysis.matched import BASELINE, DROPS, GROUP_KEYS, METRICS, UTILITY, pareto_front
+from analysis.runs import parse_params
+
+PANELS = (("auc", "Attack ROC-AUC (lower is better)", AUC_CHANCE), ("tpr_at_1pct_fpr", "TPR at 1% FPR (lower is better)", 0.01))
+
+
+def _point_labels(points: pd.DataFrame) -> list[str]:
+    """Each point's values of the parameters that vary within its family ('' for a single setting)."""
+    params = [parse_params(p) for p in points["defense_params"]]
+    varying = sorted(k for k in set().union(*params) if len({str(p.get(k)) for p in params}) > 1)
+    return [", ".join(f"{k}={p.get(k):g}" if isinstance(p.get(k), (int, float)) else f"{k}={p.get(k)}" for k in varying)
+            for p in params]
+
+
+def _errors(rows: pd.DataFrame, metric: str) -> np.ndarray:
+    mean, low, high = METRICS[metric]
+    return np.vstack([(rows[mean] - rows[low]).fillna(0).clip(lower=0), (rows[high] - rows[mean]).fillna(0).clip(lower=0)])
+
+
+def _panel(ax: Axes, group: pd.DataFrame, metric: str, ylabel: str, chance: float, colours: dict[str, tuple]) -> None:
+    mean = METRICS[metric][0]
+    rows = group.dropna(subset=[UTILITY, mean])
+    base = rows[rows["defense"] == BASELINE]
+    for defense, points in rows[rows["defense"] != BASELINE].groupby("defense", sort=False):
+        points = points.sort_values(UTILITY)
+        ax.errorbar(points[UTILITY], points[mean], yerr=_errors(points, metric), marker="o", ms=5, capsize=2, lw=1.3,
+                    color=colours[defense], label=defense)
+        for x, y, text in zip(points[UTILITY], points[mean], _point_labels(points)):
+            if text:
+                ax.annotate(text, (x, y), fontsize=6, xytext=(4, -9), textcoords="offset points", color=colours[defense])
+    if len(base):
+        ax.errorbar(base[UTILITY], base[mean], yerr=_errors(base, metric), marker="*", ms=13, color="k", capsize=2,
+                    ls="none", label="undefended", zorder=5)
+        for drop, style in zip(DROPS, (":", "-.")):
+            ax.axvline(base[UTILITY].iloc[0] - drop, color="0.4", ls=style, lw=1, label=f"undefended mIoU − {drop:g}")
+    if len(rows):
+        front = rows[pareto_front(rows[UTILITY].to_numpy(), rows[mean].to_numpy())].sort_values(UTILITY)
+        ax.plot(front[UTILITY], front[mean], color="k", ls="--", lw=0.8, alpha=0.6, zorder=1, label="Pareto front (all)")
+    ax.axhline(chance, color="0.6", ls=":", lw=1, label="chance")
+    ax.set(xlabel="Victim mIoU on held-out data (utility, higher is better)", ylabel=ylabel)
+    ax.grid(True, alpha=0.3)
+
+
+def plot_matched_frontier(worst: pd.DataFrame, out: Path) -> list[Path]:
+    """One figure per setting and victim arch with a swept defense family: leakage against mIoU per family."""
+    if worst.empty:
+        return skip("matched-utility frontier", "no cell")
+    swept = worst[worst["defense"] != BASELINE].groupby([*GROUP_KEYS, "defense"]).size()
+    keys = {k[:-1] for k, n in swept.items() if n > 1}
+    if not keys:
+        return skip("matched-utility frontier", "no defense family with two or more settings")
+    palette = colormaps["tab10"].colors
+    families = list(dict.fromkeys(worst[worst["defense"] != BASELINE].sort_values("defense_rank")["defense"]))
+    colours = {d: palette[i % len(palette)] for i, d in enumerate(families)}
+    paths = []
+    for key, group in worst.groupby(GROUP_KEYS, sort=True):
+        if key not in keys:
+            continue
+        fig = new_figure(13, 6.4)
+        axes = fig.subplots(1, 2)
+        for ax, (metric, ylabel, chance) in zip(axes, PANELS):
+            _panel(ax, group, metric, ylabel, chance, colours)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)), fontsize=8)
+        setting, dataset, shadow, arch = key
+        fig.suptitle(f"Privacy-utility per defense family: {arch}, {setting} ({dataset} victim, {shadow} shadow)\n"
+                     "strongest attack (by calibration AUC) at the worst-case overlap; error bars: its interval")
+        paths += save(fig, out, slug("matched_frontier", *key))
+    return paths

@@ -1,0 +1,106 @@
+"""Matched utility: the least leakage a defense family reaches at a target mIoU, read off its Pareto front,
+interpolated inside the measured range and marked outside it; its leaderboard sections and frontier plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from analysis.leaderboard import to_markdown
+from analysis.matched import (INTERPOLATED, MEASURED, NOT_REACHED, UPPER_BOUND, least_leakage, matched_sections,
+                              matched_table)
+from analysis.matched_plots import plot_matched_frontier
+
+SETTING = {"setting": "dependent", "dataset": "cityscapes", "shadow_dataset": "cityscapes", "victim_arch": "pspnet_tiny"}
+
+
+def _row(defense: str, params: dict, miou: float, auc: float, tpr: float = math.nan, rank: int = 0, **where) -> dict:
+    label = defense + "".join(f" {k}={v}" for k, v in params.items())
+    return {**SETTING, **where, "defense": defense, "defense_params": json.dumps(params), "defense_label": label,
+            "defense_rank": rank, "victim_miou_mean": miou, "auc_mean": auc, "auc_ci_low_mean": auc - 0.05,
+            "auc_ci_high_mean": auc + 0.05, "tpr_at_1pct_fpr_mean": tpr, "tpr_at_1pct_fpr_ci_low_mean": tpr / 2,
+            "tpr_at_1pct_fpr_ci_high_mean": tpr * 2, "n_members_mean": 48.0, "n_nonmembers_mean": 100.0}
+
+
+def _family(points: list[tuple[float, float]]) -> pd.DataFrame:
+    return pd.DataFrame([_row("dp_sgd", {"noise_multiplier": i}, u, a) for i, (u, a) in enumerate(points)])
+
+
+FAMILY = [(0.30, 0.55), (0.40, 0.60), (0.45, 0.80), (0.50, 0.70)]  # (0.45, 0.80) is dominated by (0.50, 0.70)
+
+
+def test_least_leakage_interpolates_along_the_pareto_front():
+    reached = least_leakage(_family(FAMILY), "auc", 0.47)
+    assert reached.status == INTERPOLATED and "noise_multiplier=1" in reached.note and "noise_multiplier=3" in reached.note
+    assert reached.value == pytest.approx(0.60 + 0.7 * 0.10)  # not pulled up by the dominated 0.80
+    assert (reached.low, reached.high) == (pytest.approx(reached.value - 0.05), pytest.approx(reached.value + 0.05))
+
+
+@pytest.mark.parametrize("target, status, value", [
+    (0.50, MEASURED, 0.70), (0.30, MEASURED, 0.55), (0.25, UPPER_BOUND, 0.55), (0.55, NOT_REACHED, math.nan)])
+def test_least_leakage_is_marked_outside_the_measured_range(target, status, value):
+    reached = least_leakage(_family(FAMILY), "auc", target)
+    assert reached.status == status
+    assert reached.value == pytest.approx(value, nan_ok=True)
+    if status == NOT_REACHED:
+        assert "best mIoU 0.500" in reached.note
+
+
+def test_least_leakage_never_exceeds_a_point_at_or_above_the_target():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        points = list(zip(rng.uniform(0.1, 0.6, 5), rng.uniform(0.5, 1.0, 5)))
+        target = rng.uniform(0.1, 0.6)
+        reached = least_leakage(_family(points), "auc", target)
+        above = [a for u, a in points if u >= target]
+        if above:
+            assert reached.value <= min(above) + 1e-12
+        else:
+            assert reached.status == NOT_REACHED
+
+
+def _worst() -> pd.DataFrame:
+    rows = [_row("none", {}, 0.60, 0.90, 0.30)]
+    rows += [_row("dp_sgd", {"noise_multiplier": n}, u, a, t, rank=1) for n, u, a, t in
+             ((0.5, 0.58, 0.80, 0.20), (1.0, 0.52, 0.65, 0.08), (2.0, 0.40, 0.55, 0.02))]
+    rows += [_row("relaxloss", {"alpha": 1.0}, 0.57, 0.70, 0.10, rank=2)]
+    rows += [_row("none", {}, 0.50, 0.70, 0.10, victim_arch="upernet_tiny")]  # no family to match there
+    return pd.DataFrame(rows)
+
+
+def test_matched_table_targets_the_undefended_miou_minus_each_drop():
+    table = matched_table(_worst())
+    assert set(table["victim_arch"]) == {"pspnet_tiny"} and set(table["defense"]) == {"dp_sgd", "relaxloss"}
+    dp = table[table["defense"] == "dp_sgd"].set_index("drop")
+    assert dp.loc[0.05, "target_miou"] == pytest.approx(0.55) and dp.loc[0.10, "target_miou"] == pytest.approx(0.50)
+    # 0.55 lies between 0.52 (AUC 0.65) and 0.58 (0.80): half-way
+    assert dp.loc[0.05, "auc"] == pytest.approx(0.725) and dp.loc[0.05, "auc_status"] == INTERPOLATED
+    assert dp.loc[0.05, "tpr_at_1pct_fpr"] == pytest.approx(0.14)
+    relax = table[table["defense"] == "relaxloss"].set_index("drop")
+    assert relax.loc[0.05, "auc_status"] == UPPER_BOUND and relax.loc[0.05, "auc"] == pytest.approx(0.70)
+    assert (table["n_points"][table["defense"] == "dp_sgd"] == 3).all()
+
+
+def test_matched_sections_render_in_the_leaderboard():
+    sections = matched_sections(_worst())
+    assert len(sections) == 1 and "pspnet_tiny" in sections[0].heading
+    md = to_markdown(sections, SimpleNamespace(experiment="t", parent_run_id="p"))
+    assert "| dp_sgd | 3 (0.400–0.580) | AUC 0.725 [0.675, 0.775]<br>interpolated between" in md
+    assert "upper bound, outside the measured range: relaxloss alpha=1.0 at mIoU 0.570" in md
+    assert "held-out mIoU 0.600" in md and "48 members and 100 non-members" in md
+    assert matched_sections(_worst()[lambda f: f["defense"] != "none"]) == []  # nothing to match against
+
+
+def test_matched_frontier_plot(tmp_path):
+    paths = plot_matched_frontier(_worst(), tmp_path)
+    assert [p.suffix for p in paths] == [".png", ".svg"] and "pspnet_tiny" in paths[0].name
+    with Image.open(paths[0]) as image:
+        assert image.size[0] > 1000
+    single = _worst()[lambda f: f["defense"] != "dp_sgd"]
+    assert plot_matched_frontier(single, tmp_path / "none") == []  # no family with two settings: skipped
