@@ -58,7 +58,8 @@ def test_same_defense_references_train_a_reference_per_dp_epsilon(tmp_path):
     grid = load_grid("default")
     grid = dataclasses.replace(grid, audit=dataclasses.replace(grid.audit, reference="same_defense"))
     plan = _plan(grid, tmp_path)
-    references = [u for u in plan.of_kind("model") if u.meta.role == "reference"]
+    audited = {plan.units[plan.units[u.config.reference].deps[0]].key for u in plan.of_kind("audit") if u.config.reference}
+    references = [u for u in plan.of_kind("model") if u.meta.role == "reference" and u.key in audited]
     assert sorted(u.config.defense["params"]["target_epsilon"] for u in references) == [2.0, 8.0]
     for unit in plan.of_kind("audit"):
         reference = plan.units[plan.units[unit.config.reference].deps[0]]

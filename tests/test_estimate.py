@@ -73,7 +73,7 @@ def paper(tmp_path_factory):
                                 gpu_check=str(tmp / "fake.json"), stream=out)
     finally:
         monkeypatch.undo()
-    assert summary.plan_counts["cell"] == 11520
+    assert summary.plan_counts["cell"] == 12816  # 11520 shadow-attack cells, 1296 reference-attack cells
     return out.getvalue(), seen["plan"], seen["grid"]
 
 
@@ -85,8 +85,8 @@ def test_the_dry_run_prints_gpu_hours_per_kind_that_add_up(paper):
     printed, plan, _ = paper
     assert "estimated GPU time on NVIDIA H200" in printed and "fake.json" in printed
     hours = _hours(printed)
-    assert set(hours) == {"model", "release", "fit", "cell", "blind", "total"}
-    assert hours["cell"] == hours["blind"] == 0 and "11520 use no GPU" in printed
+    assert set(hours) == {"model", "release", "fit", "cell", "blind", "protocol", "total"}
+    assert hours["cell"] == hours["blind"] == hours["protocol"] == 0 and "12816 use no GPU" in printed
     assert abs(sum(v for k, v in hours.items() if k != "total") - hours["total"]) < 0.2
     assert "data loading is assumed to keep up" in printed and "rates scale with pixels" in printed
     assert "DP-SGD of upernet_paper not measured: its plain rate / 10 (the DP slowdown measured on pspnet_paper)" \
