@@ -2,7 +2,8 @@
 
 On a terminal, `progress()` is a tqdm bar. Anywhere else (a pipe, a file, a CI log, a Ray job's output) a
 bar's carriage-return redraws pile up into hundreds of frames, so it prints plain lines instead: one each
-time another 10% is done or 30 s have passed, whichever comes first, and one final line.
+time another 10% is done or 30 s have passed, whichever comes first, and one final line. Work that ends
+within its first 2 s gets only the final line (ten lines for a 0.3 s check are noise).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ T = TypeVar("T")
 
 LINE_STEPS = 10  # a line each time another 1/LINE_STEPS of the total is done
 LINE_EVERY_S = 30.0
+QUIET_FIRST_S = 2.0  # no 10% lines before this
 
 
 def _isatty(stream: IO[str]) -> bool:
@@ -71,7 +73,7 @@ def _lines(iterable: Iterable[T], desc: str, total: int | None, unit: str, strea
             if total is not None and done >= total:
                 continue  # the final line says it
             now = clock()
-            step_due = bool(total) and done * LINE_STEPS >= next_step * total
+            step_due = bool(total) and done * LINE_STEPS >= next_step * total and now - start >= QUIET_FIRST_S
             if step_due or now - last_time >= LINE_EVERY_S:
                 elapsed = now - start
                 if total:

@@ -266,5 +266,8 @@ def format_estimate(estimate: Estimate) -> str:
 
 def print_estimate(plan: Plan, grid: Grid, gpu_check: str | None, results: str, stream=sys.stdout) -> Estimate:
     estimate = estimate_plan(plan, grid, load_gpu_check(gpu_check, results))
-    print(format_estimate(estimate), file=stream, flush=True)
+    if gpu_check is None and not any(k.units - k.cpu_only for k in estimate.kinds.values()):
+        print("no stage of this grid asks for a GPU in `resources`: no GPU-hours to estimate", file=stream, flush=True)
+    else:
+        print(format_estimate(estimate), file=stream, flush=True)
     return estimate

@@ -31,7 +31,7 @@ class FakeClock:
 
 def test_log_gets_a_line_per_tenth_and_a_final_line() -> None:
     stream = FakeStream(tty=False)
-    seen = list(progress(range(1000), desc="checking cityscapes", unit="pair", stream=stream, clock=FakeClock(0.001)))
+    seen = list(progress(range(1000), desc="checking cityscapes", unit="pair", stream=stream, clock=FakeClock(0.05)))
     assert seen == list(range(1000))
     text = stream.getvalue()
     assert "\r" not in text and "\x1b" not in text
@@ -41,6 +41,13 @@ def test_log_gets_a_line_per_tenth_and_a_final_line() -> None:
     assert lines[0].startswith("checking cityscapes: 100/1000 pair (10%)")
     assert lines[8].startswith("checking cityscapes: 900/1000 pair (90%)")
     assert lines[-1].startswith("checking cityscapes: 1000/1000 pair done in ")
+
+
+def test_work_done_within_two_seconds_gets_only_the_final_line() -> None:
+    stream = FakeStream(tty=False)
+    list(progress(range(1000), desc="checking cityscapes", unit="pair", stream=stream, clock=FakeClock(0.001)))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("checking cityscapes: 1000/1000 pair done in 1.0 s")
 
 
 def test_log_gets_a_line_every_30_s_when_slow_or_without_a_total() -> None:
@@ -88,5 +95,5 @@ def test_data_check_prints_plain_lines_when_stderr_is_not_a_terminal(synthetic_t
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.splitlines()
-    assert 2 <= len(lines) <= 11 and all(line.startswith("checking cityscapes: ") for line in lines), lines
+    assert 1 <= len(lines) <= 11 and all(line.startswith("checking cityscapes: ") for line in lines), lines
     assert lines[-1].startswith("checking cityscapes: 10/10 pair done in ")
