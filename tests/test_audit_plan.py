@@ -22,7 +22,7 @@ def _grid(tmp_path: Path, **changes) -> Path:
 
 
 def test_default_profile_audits_the_undefended_victim_and_two_dp_epsilons(tmp_path):
-    grid = load_grid("default")
+    grid = load_grid("extended")
     plan = _plan(grid, tmp_path)
     audits = plan.of_kind("audit")
     assert sorted((u.meta.defense_label, u.meta.control) for u in audits) == sorted([
@@ -55,7 +55,7 @@ def test_default_profile_audits_the_undefended_victim_and_two_dp_epsilons(tmp_pa
 
 
 def test_same_defense_references_train_a_reference_per_dp_epsilon(tmp_path):
-    grid = load_grid("default")
+    grid = load_grid("extended")
     grid = dataclasses.replace(grid, audit=dataclasses.replace(grid.audit, reference="same_defense"))
     plan = _plan(grid, tmp_path)
     audited = {plan.units[plan.units[u.config.reference].deps[0]].key for u in plan.of_kind("audit") if u.config.reference}

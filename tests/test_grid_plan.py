@@ -30,7 +30,7 @@ def _plan(grid, tmp_path):
 
 @pytest.fixture()
 def default_plan(tmp_path):
-    grid = load_grid("default")
+    grid = load_grid("extended")
     return grid, _plan(grid, tmp_path)
 
 
@@ -149,7 +149,7 @@ def test_manifests_are_written_next_to_their_digest(tmp_path):
 
 
 def test_only_restricts_an_entry_to_some_archs_overlaps_settings_and_controls(tmp_path):
-    grid = load_grid("default")
+    grid = load_grid("extended")
     base = dataclasses.replace(grid, defenses=grid.defenses[:1], attacks=grid.attacks[-1:])
     from ray_jobs.spec import DefenseSetting, Only
 
@@ -163,7 +163,7 @@ def test_only_restricts_an_entry_to_some_archs_overlaps_settings_and_controls(tm
 
 
 def test_an_attack_can_be_restricted_to_some_defenses(tmp_path):
-    grid = load_grid("default")
+    grid = load_grid("extended")
     plan = _plan(grid, tmp_path)
     concat = {(c.meta.defense, c.meta.setting) for c in plan.of_kind("cell") if c.meta.attack_label == "patch/concat"}
     assert concat == {("none", "dependent")}

@@ -12,23 +12,29 @@ from benchmark.errors import SegleakError
 from ray_jobs.spec import PROFILES_DIR, load_grid
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+@pytest.mark.parametrize("profile", ["smoke", "default", "extended", "paper"])
 def test_profiles_load(profile):
     grid = load_grid(profile)
     assert grid.name == f"segleak-{profile}"
     assert grid.defenses and grid.attacks and grid.victim_archs
 
 
-def test_default_profile_covers_the_benchmark():
-    grid = load_grid("default")
+@pytest.mark.parametrize("profile", ["default", "extended"])
+def test_laptop_profiles_cover_the_benchmark(profile):
+    grid = load_grid(profile)
     assert {s.kind for s in grid.settings} == {"dependent", "independent"}
-    assert len(grid.victim_archs) >= 2 and set(grid.overlaps) == {0.0, 0.5, 1.0}
+    assert set(grid.overlaps) == {0.0, 0.5, 1.0}
     from benchmark.registry import ATTACKS, DEFENSES
 
-    assert {d.name for d in grid.defenses} == set(DEFENSES.names())  # every registered defense
+    defenses = {d.name for d in grid.defenses}
+    if profile == "extended":
+        assert defenses == set(DEFENSES.names()) and len(grid.victim_archs) >= 2  # every registered defense
+    else:  # every output defense, and a training defense of each kind: noise, teacher, adversary, loss level
+        assert {n for n in DEFENSES.names() if DEFENSES.lookup(n).side == "output"} <= defenses
+        assert {"dp_sgd", "distillation", "adv_reg", "relaxloss"} <= defenses
     assert {a.name for a in grid.attacks} == set(ATTACKS.names())  # every registered attack
     assert {a.representation for a in grid.attacks if a.name == "patch"} == {"slm", "concat", "posterior"}
-    assert "placebo" in grid.controls
+    assert "placebo" in grid.controls and grid.references and grid.lira_protocol and grid.audit is not None
 
 
 def test_parameter_sweeps_expand_to_one_setting_each():

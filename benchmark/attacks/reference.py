@@ -249,7 +249,8 @@ class ReferenceAttack(Attack):
             writer = csv.writer(handle)
             writer.writerow(["image_id", "target", "is_member", "score"])
             for j, scores, member in rows:
-                writer.writerows(zip(bank.pool, [j] * len(scores), member.astype(int), scores.round(8)))
+                # full precision (no rounding): the protocol unit ranks these scores
+                writer.writerows(zip(bank.pool, [j] * len(scores), member.astype(int), scores))
         scores = np.concatenate([r[1] for r in rows])
         member = np.concatenate([r[2] for r in rows])
         if member.all() or not member.any():

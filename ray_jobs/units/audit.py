@@ -96,7 +96,7 @@ class AuditKind(UnitKind):
             with open(out / SCORES_CSV, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["canary_id", "kind", "included", *raw])  # raw scores: ranked within_kind
-                writer.writerows([i, kind, int(inc), *(round(float(s[j]), 6) for s in raw.values())]
+                writer.writerows([i, kind, int(inc), *(float(s[j]) for s in raw.values())]
                                  for j, (i, kind, inc) in enumerate(zip(ids, kinds, included)))
             with open(out / TESTS_CSV, "w", newline="") as handle:
                 writer = csv.writer(handle)

@@ -104,7 +104,8 @@ class CellKind(UnitKind):
             with open(out / SCORES, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["image_id", "group", "is_member", "score"])
-                writer.writerows(zip(target.released.ids, groups, target.is_member.astype(int), scores.round(6)))
+                # full precision (no rounding): an offline LiRA score a hair below 0 is all signal
+                writer.writerows(zip(target.released.ids, groups, target.is_member.astype(int), scores))
             return write_summary(out, metrics)
 
     def brief(self, summary: dict[str, Any]) -> str:
