@@ -100,7 +100,7 @@ def write_roc_plots(runs: GridRuns, out: Path) -> list[Path]:
     chosen = _first_seed_runs(runs.cells)
     if chosen.empty:
         return skip("ROC curves", "no finished attack cell")
-    palette = colormaps["tab10"].colors
+    palette = colormaps["tab10"].colors + colormaps["tab20"].colors[1::2]  # 20 distinct colours: 11+ attacks
     colours = {a: palette[i % len(palette)] for i, a in enumerate(sorted(chosen["attack_label"].unique()))}
     paths: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="segleak-scores-") as tmp:
