@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.data.labels import IGNORE_INDEX
-from ray_jobs.gpu.measure import Device, StepPlan, count_flops, peak_memory_gib, reset_peak_memory, throughput, time_steps
+from ray_jobs.gpu.measure import (
+    Device, StepPlan, Timing, count_flops, peak_memory_gib, reset_peak_memory, throughput, time_steps,
+)
 
 NUM_CLASSES = 19
 IGNORE = IGNORE_INDEX
@@ -119,6 +121,26 @@ def determinism(on: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """One timed training step: zero the gradients, backward the loss, step; returns the detached loss."""
+
+    def step() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        value = loss()
+        value.backward()
+        optimizer.step()
+        return value.detach()
+
+    return step
+
+
+def timed_with_peak(step: Callable[[], Tensor], device: Device, plan: StepPlan) -> tuple[Timing, float | None]:
+    """`time_steps` of `step` and the device's peak memory over them (GiB; None on the CPU)."""
+    reset_peak_memory(device)
+    timing = time_steps(step, device, plan)
+    return timing, peak_memory_gib(device)
+
+
 def safe_flops(fn: Callable[[], object]) -> tuple[int | None, str | None]:
     """Counted FLOPs, or None and the reason: a counting failure must not lose the timing."""
     try:
@@ -147,20 +169,12 @@ def train_phase(template: nn.Module, variant: str, s: Settings, device: Device, 
     if compiled:
         compute = torch.compile(compute, backend=s.compile_backend)
 
-    def step() -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = compute(images, labels)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
+    step = optimizer_step(optimizer, lambda: compute(images, labels))
     settings = {"precision": "bf16-mixed", "deterministic": deterministic, "channels_last": channels_last,
                 "compile": s.compile_backend if compiled else False,
                 "cudnn_benchmark": False if deterministic else bool(torch.backends.cudnn.benchmark)}
-    reset_peak_memory(device)
     with determinism(deterministic):
-        timing = time_steps(step, device, s.plan)
-    peak = peak_memory_gib(device)
+        timing, peak = timed_with_peak(step, device, s.plan)
     source = "given"
     if flops is None:
         plain = loss_function(net, net, device, "bf16-mixed")
@@ -206,16 +220,7 @@ def _dp_attempt(template: nn.Module, batch: int, precision: str, s: Settings, de
     images, labels = synthetic_batch(batch, s.image_hw, device)
     compute = loss_function(wrapped, net, device, precision)
 
-    def step() -> Tensor:
-        dp_optimizer.zero_grad(set_to_none=True)
-        loss = compute(images, labels)
-        loss.backward()
-        dp_optimizer.step()
-        return loss.detach()
-
-    reset_peak_memory(device)
-    timing = time_steps(step, device, s.plan)
-    peak = peak_memory_gib(device)
+    timing, peak = timed_with_peak(optimizer_step(dp_optimizer, lambda: compute(images, labels)), device, s.plan)
     dp_optimizer.zero_grad(set_to_none=True)
     flops, error = safe_flops(lambda: compute(images, labels).backward())  # per-sample gradients included
     dp_optimizer.zero_grad(set_to_none=True)
@@ -267,9 +272,7 @@ def release_phase(template: nn.Module, s: Settings, device: Device) -> dict:
         with torch.inference_mode():
             return forward()
 
-    reset_peak_memory(device)
-    timing = time_steps(step, device, s.plan)
-    peak = peak_memory_gib(device)
+    timing, peak = timed_with_peak(step, device, s.plan)
     with torch.no_grad():
         flops, error = safe_flops(forward)
     rec = _record(timing, s.release_batch, flops, device, image_size=list(s.image_hw), release_size=list(size),
@@ -294,16 +297,7 @@ def attack_phase(precision: str, s: Settings, device: Device) -> dict:
         with autocast(device, precision):
             return F.cross_entropy(net(crops).float(), targets)
 
-    def step() -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        value = loss()
-        value.backward()
-        optimizer.step()
-        return value.detach()
-
-    reset_peak_memory(device)
-    timing = time_steps(step, device, s.plan)
-    peak = peak_memory_gib(device)
+    timing, peak = timed_with_peak(optimizer_step(optimizer, loss), device, s.plan)
     flops, error = safe_flops(lambda: loss().backward())
     optimizer.zero_grad(set_to_none=True)
     rec = _record(timing, s.attack_batch, flops, device, crop=s.attack_crop, flops_source=error or "counted",
