@@ -78,11 +78,31 @@ def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     ranks = {key: rank for rank, key in enumerate(sorted(set(table["defense_key"])))}
     table["defense_rank"] = table.pop("defense_key").map(ranks)
+    order = ["setting", "dataset", "shadow_dataset", "control", "victim_arch", "shadow_overlap", "shadow_arch", "defense_rank", "attack_label"]
+    return _mark_strongest(table).sort_values(order).reset_index(drop=True)
+
+
+def _mark_strongest(table: pd.DataFrame) -> pd.DataFrame:
+    """Flag each cell's attack with the highest calibration AUC (the attacker's own data, never the victim's)."""
     best = table[table["status"] == "ok"].dropna(subset=["auc_mean", "calibration_auc_mean"])
     best_index = best.groupby(list(CELL_KEYS), dropna=False)["calibration_auc_mean"].idxmax()
-    table["strongest"] = table.index.isin(best_index.values)
-    order = ["setting", "dataset", "shadow_dataset", "control", "victim_arch", "shadow_overlap", "shadow_arch", "defense_rank", "attack_label"]
-    return table.sort_values(order).reset_index(drop=True)
+    return table.assign(strongest=table.index.isin(best_index.values))
+
+
+def comparable(table: pd.DataFrame) -> pd.DataFrame:
+    """Only the attacks that ran against every defense setting of their (setting, victim arch), the strongest
+    re-chosen among them: defenses compared by the strongest attack each faced must have faced the same
+    attacks (one attacked by the shadow attacks alone would look safer than one that also faced LiRA). A
+    group with no attack in common keeps all of its attacks."""
+    keys = ["setting", "dataset", "shadow_dataset", "victim_arch"]
+    kept = []
+    for _, group in table.groupby(keys, dropna=False, sort=False):
+        faced = group[group["control"] == "none"].groupby("defense_label")["attack_label"].agg(set)
+        common = set.intersection(*faced) if len(faced) else set()
+        kept.append(group[group["attack_label"].isin(common)] if common else group)
+    if not kept:
+        return table
+    return _mark_strongest(pd.concat(kept))
 
 
 def strongest(table: pd.DataFrame, control: str = "none") -> pd.DataFrame:
@@ -93,7 +113,7 @@ def strongest(table: pd.DataFrame, control: str = "none") -> pd.DataFrame:
 def worst_case(table: pd.DataFrame) -> pd.DataFrame:
     """Per (setting, victim arch, defense setting): the strongest attack under the shadow overlap and
     architecture the attacker would pick (highest calibration AUC): the privacy risk a defense leaves, as the
-    frontier and trend plots show it."""
+    frontier and trend plots show it (on `comparable(table)`, so that every defense faced the same attacks)."""
     best = strongest(table)
     if best.empty:
         return best

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import SELECTION_RULE, aggregate, worst_case
+from analysis.aggregate import SELECTION_RULE, aggregate, comparable, worst_case
 from analysis.matched import matched_sections
 from analysis.runs import GridRuns, load_runs
 
@@ -200,7 +200,7 @@ def build_sections(table: pd.DataFrame, models: pd.DataFrame, blind: pd.DataFram
         placebo = frame[frame["control"] != "none"]
         if not placebo.empty:
             sections.append(_placebo_section(setting_key, placebo))
-    sections += matched_sections(worst_case(table))
+    sections += matched_sections(worst_case(comparable(table)))
     victims = models[models["role"] == "victim"]
     if not victims.empty:
         sections.append(_victims_section(victims))

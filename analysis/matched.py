@@ -3,7 +3,8 @@
 Per setting and victim architecture, every defense family (all grid settings of one registered defense, e.g.
 a sweep of its parameter) is a curve of points (held-out mIoU, leakage), where leakage is the strongest
 attack (chosen by the attacker's calibration AUC, never by the victim's membership) at the attacker's
-worst-case shadow overlap and architecture (`aggregate.worst_case`), as AUC and as TPR at 1% FPR.
+worst-case shadow overlap and architecture (`aggregate.worst_case`), as AUC and as TPR at 1% FPR, among the
+attacks that ran against every defense (`aggregate.comparable`).
 
 At the undefended victim's mIoU minus each drop in `DROPS`, the least leakage a family reaches is read off its
 Pareto front (its points that no other point of the family beats on both axes), linearly interpolated in mIoU
@@ -146,7 +147,8 @@ def matched_sections(worst: pd.DataFrame) -> list:
         section.notes = [
             f"Undefended {arch}: held-out mIoU {first['undefended_miou']:.3f}, AUC {first['undefended_auc']:.3f}, "
             f"TPR@1%FPR {first['undefended_tpr_at_1pct_fpr']:.3f}; target mIoUs {targets}.",
-            "Each defense's points (its grid settings, strongest attack by calibration AUC at the worst-case overlap) "
+            "Each defense's points (its grid settings; the strongest attack by calibration AUC at the worst-case "
+            "overlap, among the attacks that ran against every defense of this table, so that each faced the same) "
             "form a curve; the least leakage at a target is interpolated linearly along its Pareto front, with the "
             "neighbouring points' interval bounds interpolated alike (approximate). Never extrapolated: a target "
             "above every point's mIoU is not reached; below the least-leaking point's mIoU, its leakage is an upper bound.",

@@ -79,6 +79,6 @@ def plot_matched_frontier(worst: pd.DataFrame, out: Path) -> list[Path]:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)), fontsize=8)
         setting, dataset, shadow, arch = key
         fig.suptitle(f"Privacy-utility per defense family: {arch}, {setting} ({dataset} victim, {shadow} shadow)\n"
-                     "strongest attack (by calibration AUC) at the worst-case overlap; error bars: its interval")
+                     "strongest attack (by calibration AUC) among those every defense faced, worst-case overlap; error bars: its interval")
         paths += save(fig, out, slug("matched_frontier", *key))
     return paths

@@ -2,7 +2,8 @@
 AUC against the Gaussian sigma and the DP epsilon, dependent vs independent setting.
 
 Summary plots show, per defense setting, the strongest attack under the attacker's best shadow overlap and
-architecture (`aggregate.worst_case`): the leakage a defense leaves in the worst case.
+architecture (`aggregate.worst_case`), among the attacks every defense of the setting faced
+(`aggregate.comparable`): the leakage a defense leaves in the worst case, compared like with like.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
-from analysis.aggregate import AUC_CHANCE, aggregate, strongest, worst_case
+from analysis.aggregate import AUC_CHANCE, aggregate, comparable, strongest, worst_case
 from analysis.audit import plot_audit
 from analysis.figures import new_figure, save, skip, slug
 from analysis.matched import pareto_front
@@ -99,7 +100,7 @@ def plot_frontier(worst: pd.DataFrame, out: Path) -> list[Path]:
         fig.legend(handles=_legend_handles(left, used, archs), loc="outside lower center", fontsize=8,
                    ncols=min(5, len(used) + len(archs)))
         fig.suptitle(f"Privacy-utility frontier, {_setting_name(*key)}\n"
-                     "strongest attack at the worst-case shadow overlap and architecture")
+                     "strongest attack every defense faced, at the worst-case shadow overlap and architecture")
         paths += save(fig, out, slug("frontier", *key))
     return paths
 
@@ -194,7 +195,7 @@ def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run
     """Every plot that the invocation's data supports, as PNG and SVG in `out`; absent data -> a skip notice."""
     runs = load_runs(tracking_uri, experiment, parent_run_id)
     table = aggregate(runs.cells)
-    worst = worst_case(table)
+    worst = worst_case(comparable(table))  # every defense compared under the same attacks
     return [
         *write_roc_plots(runs, out),
         *plot_frontier(worst, out),

@@ -104,3 +104,25 @@ def test_matched_frontier_plot(tmp_path):
         assert image.size[0] > 1000
     single = _worst()[lambda f: f["defense"] != "dp_sgd"]
     assert plot_matched_frontier(single, tmp_path / "none") == []  # no family with two settings: skipped
+
+
+def test_defenses_are_compared_under_the_attacks_every_one_faced():
+    """LiRA ran against the undefended victim only: the comparison across defenses drops it, so the undefended
+    point is not LiRA's 0.95 against distillation's shadow-attack 0.55; each cell's own strongest is kept."""
+    from analysis.aggregate import comparable, worst_case
+
+    rows = []
+    for defense, attacks in (("none", {"loss_threshold": (0.70, 0.72), "lira": (0.95, 0.97)}),
+                             ("distillation", {"loss_threshold": (0.55, 0.60)})):
+        for attack, (auc, calibration) in attacks.items():
+            rows.append({"setting": "dependent", "dataset": "c", "shadow_dataset": "c", "victim_arch": "a",
+                         "shadow_arch": "a", "shadow_overlap": 0.0, "defense": defense, "defense_params": "{}",
+                         "defense_label": defense, "control": "none", "attack": attack, "representation": "",
+                         "attack_label": attack, "status": "ok", "auc_mean": auc, "calibration_auc_mean": calibration,
+                         "defense_rank": 0 if defense == "none" else 1})
+    table = pd.DataFrame(rows)
+    table["strongest"] = table["attack_label"].eq("lira") | table["defense"].eq("distillation")
+    worst = worst_case(comparable(table)).set_index("defense")
+    assert worst.loc["none", "attack_label"] == "loss_threshold" and worst.loc["none", "auc_mean"] == 0.70
+    assert worst.loc["distillation", "auc_mean"] == 0.55
+    assert worst_case(table).set_index("defense").loc["none", "attack_label"] == "lira"  # the cell's own strongest
