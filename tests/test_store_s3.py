@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
 from test_grid_e2e import segleak  # the CLI in a subprocess, as a user runs it
 
+from analysis.schema import member_tag
 from benchmark.errors import SegleakError
 from benchmark.data.synth import SynthSpec
 from ray_jobs.plan import local_data_root, synthetic_root
@@ -206,8 +207,9 @@ def _attack_runs(tracking_uri: str) -> list:
     experiment = client.get_experiment_by_name("segleak-smoke")
     latest = client.search_runs([experiment.experiment_id], "tags.`segleak.kind` = 'invocation'",
                                 order_by=["attributes.start_time DESC"])[0].info.run_id
+    member = member_tag(latest)  # an invocation's runs: those it logged and those it reused
     return [r for r in client.search_runs([experiment.experiment_id], "tags.`segleak.kind` = 'attack'", max_results=5000)
-            if r.data.tags.get("mlflow.parentRunId") == latest]
+            if r.data.tags.get(member) == "true"]
 
 
 @pytest.mark.slow
