@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from benchmark.attacks.reference import OFFLINE, ONLINE
 from benchmark.data.splits import Manifest
 from benchmark.errors import SegleakError
 from benchmark.params import Param
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from ray_jobs.plan import DataSource, _Builder
     from ray_jobs.spec import AttackSetting, DefenseSetting
 
-OFFLINE, ONLINE = "offline", "online"
 SEED_OFFSET = {OFFLINE: 20_000, ONLINE: 30_000}  # reference i of a bank trains with seed + offset + i
 BLIND_INDEX = 10**6  # the stream that halves the online pool for the protocol's blind baseline (no reference)
 

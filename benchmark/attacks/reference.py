@@ -140,6 +140,10 @@ def positions(ids: list[str], wanted: list[str], what: str) -> np.ndarray:
     return np.array([where[i] for i in wanted], dtype=np.int64)
 
 
+OFFLINE, ONLINE = "offline", "online"
+VARIANTS = (OFFLINE, ONLINE)  # which bank a variant reads (ray_jobs.bank trains both)
+
+
 class ReferenceAttack(Attack):
     """An attack that reads a reference bank. Subclasses set the signal (`kind`, `groups`) and implement
     `bank_scores`; `variant` (a parameter of LiRA and dense LiRA) chooses the bank: offline (references never
@@ -152,7 +156,7 @@ class ReferenceAttack(Attack):
 
     @property
     def online(self) -> bool:
-        return self.values.get("variant") == "online"
+        return self.values.get("variant") == ONLINE
 
     def requirements(self) -> frozenset[str]:
         return (self.needs | ({"online_references"} if self.online else set())
@@ -160,7 +164,7 @@ class ReferenceAttack(Attack):
 
     @property
     def representation(self) -> str:
-        return str(self.values.get("variant", "offline"))
+        return str(self.values.get("variant", OFFLINE))
 
     @property
     def label(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from benchmark.attacks.reference import BankView, Moments, ReferenceAttack, completed_means, moments
+from benchmark.attacks.reference import VARIANTS, BankView, Moments, ReferenceAttack, completed_means, moments
 from benchmark.attacks.signals import group_signals
 from benchmark.errors import SegleakError
 from benchmark.models.release import Released
@@ -73,7 +73,7 @@ class DenseLiRA(ReferenceAttack):
     order = 45
     label_param = "variant"
     params = {
-        "variant": Param(str, default="offline", choices=("offline", "online")),
+        "variant": Param(str, default="offline", choices=VARIANTS),
         "groups": Param(str, default="class", choices=("class", "region")),
         "regions": Param(int, default=4, low=1, help="groups=region: an r x r grid of the map"),
         "rank": Param(int, default=2, low=0, help="factors of the shared correlation (0: diagonal)"),

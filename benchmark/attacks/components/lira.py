@@ -23,12 +23,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from benchmark.attacks.reference import BankView, ReferenceAttack, completed_means, moments
+from benchmark.attacks.reference import VARIANTS, BankView, ReferenceAttack, completed_means, moments
 from benchmark.errors import SegleakError
 from benchmark.params import Param
 from benchmark.registry import ATTACKS
 
-VARIANTS = ("offline", "online")
 SD_FLOOR = 1e-3  # a per-image spread is kept above this share of the global one (ties on label-only outputs)
 
 
