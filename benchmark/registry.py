@@ -32,6 +32,11 @@ class ComponentRegistry(Registry):
             raise SegleakError(f"unknown {self.name} {name!r} (known: {', '.join(self.module_dict)})")
         return self.module_dict[name]
 
+    def version(self, spec: str | dict[str, Any]) -> int:
+        """The code version of the component a config names (by string, or a dict's `name` or `type`)."""
+        name = spec if isinstance(spec, str) else spec.get("name", spec.get("type"))
+        return getattr(self.lookup(name), "version", 1)
+
 
 ATTACKS = ComponentRegistry("attack", scope="segleak", locations=["benchmark.attacks.components"])
 DEFENSES = ComponentRegistry("defense", scope="segleak", locations=["benchmark.defenses.components"])

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from benchmark.data.splits import ImageIndex, Manifest
 from benchmark.data.synth import SynthSpec, ensure_synthetic_dataset
 from ray_jobs.spec import NO_DEFENSE, AttackSetting, DefenseSetting, Grid, Setting
-from ray_jobs.units.base import config_json
+from ray_jobs.units.base import code_versions, config_json
 from ray_jobs.units.blind import BlindConfig, BlindMeta
 from ray_jobs.units.cell import CellConfig, CellMeta
 from ray_jobs.units.fit import FitConfig
@@ -31,9 +31,12 @@ SYNTHETIC = "synthetic"
 
 
 def unit_key(kind: str, config: Any) -> str:
-    """A short, stable content hash: same kind and resolved config -> same key, on any machine."""
+    """A short, stable content hash: same kind, resolved config and code versions -> same key, on any machine."""
     payload = config_json(config) if hasattr(config, "__dataclass_fields__") else config
-    blob = json.dumps({"kind": kind, "version": PLAN_VERSION, "config": payload}, sort_keys=True, default=str)
+    content: dict[str, Any] = {"kind": kind, "version": PLAN_VERSION, "config": payload}
+    if hasattr(config, "__dataclass_fields__") and (versions := code_versions(kind, config)):
+        content["code"] = versions
+    blob = json.dumps(content, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 

@@ -71,6 +71,7 @@ class Attack:
     """A membership inference attack; subclasses declare `name`, `params`, `needs` and implement fit/score."""
 
     name: ClassVar[str]
+    version: ClassVar[int] = 1  # bump when its scores would change: its fits and cells are recomputed
     params: ClassVar[dict[str, Param]] = {}
     order: ClassVar[int] = 1000  # display order in the report
     needs: ClassVar[frozenset[str]] = frozenset({"shadow"})  # what the plan provides: shadow, references, ...

@@ -41,6 +41,7 @@ class DatasetAdapter:
     """
 
     name: ClassVar[str] = ""
+    version: ClassVar[int] = 1  # bump when the images or labels it reads would change
     metainfo: ClassVar[dict[str, Any]] = {}
     params: ClassVar[dict[str, Param]] = {}
     splits: tuple[str, ...] = ("train", "val")

@@ -28,6 +28,7 @@ class Defense:
     """A defense with validated parameter values; subclasses declare `name`, `params` and their side."""
 
     name: ClassVar[str]
+    version: ClassVar[int] = 1  # bump when its models or releases would change: they are recomputed
     side: ClassVar[str]  # "output" or "training"
     params: ClassVar[dict[str, Param]] = {}
     random: ClassVar[bool] = False  # draws noise: applied with a seeded generator

@@ -33,6 +33,9 @@ class UnitKind:
     name: ClassVar[str]
     stage: ClassVar[str]  # the grid's `resources` key it runs with
     config_type: ClassVar[type]
+    version: ClassVar[int] = 1  # bump when its outputs would change: its units (and those reading them) rerun
+    # config field -> the registry of the component it names: that component's version enters the key
+    shaped_by: ClassVar[dict[str, ComponentRegistry]] = {}
 
     def config(self, values: dict[str, Any]) -> Any:
         """The typed config from its JSON form (as shipped to a Ray worker and stored in the marker)."""
@@ -64,6 +67,21 @@ def config_json(config: Any) -> dict[str, Any]:
     Fields hold JSON values; a nested dataclass still becomes a dict, as with `asdict`."""
     return {f.name: asdict(v) if is_dataclass(v) and not isinstance(v, type) else v
             for f in fields(config) for v in (getattr(config, f.name),)}
+
+
+def code_versions(kind: str, config: Any) -> dict[str, int]:
+    """The versions of the code that shapes a unit (its kind, and each component its config names), where
+    bumped past the baseline 1: a unit key hashes them, so a result never outlives the code that made it, while
+    the keys of units whose code is at its first version stay those of existing results stores. Units reading
+    another unit's key change with it, so a changed attack recomputes its fits and the cells reading them."""
+    unit_kind = UNIT_KINDS.lookup(kind)
+    versions = {f"unit kind {kind}": unit_kind.version}
+    for field_name, registry in unit_kind.shaped_by.items():
+        spec = getattr(config, field_name, None)
+        if spec:
+            name = spec if isinstance(spec, str) else spec.get("name", spec.get("type"))
+            versions[f"{registry.name} {name}"] = registry.version(spec)
+    return {name: version for name, version in versions.items() if version != 1}
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:

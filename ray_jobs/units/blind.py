@@ -14,6 +14,7 @@ from benchmark.attacks.blind import features, shadow_fitted_scores, shift_test
 from benchmark.data.adapters import get_adapter
 from benchmark.metrics import membership_metrics
 from benchmark.models.train import select_samples
+from benchmark.registry import DATASETS
 from ray_jobs.store import ResultStore
 from ray_jobs.units.base import UNIT_KINDS, UnitKind, write_summary
 
@@ -50,6 +51,7 @@ class BlindKind(UnitKind):
     name = "blind"
     stage = "cell"
     config_type = BlindConfig
+    shaped_by = {"dataset": DATASETS, "shadow_dataset": DATASETS}
 
     def run(self, key: str, config: BlindConfig, store: ResultStore, num_threads: int) -> dict[str, Any]:
         from ray_jobs.plan import local_data_root

@@ -23,6 +23,7 @@ from benchmark.defenses import output_transform
 from benchmark.errors import SegleakError
 from benchmark.metrics import membership_metrics
 from benchmark.metrics.segmentation import confusion_matrix, miou
+from benchmark.registry import DATASETS, DEFENSES
 from ray_jobs.store import ResultStore
 from ray_jobs.units.base import UNIT_KINDS, UnitKind, write_summary
 from ray_jobs.units.fit import FitConfig, build_attack
@@ -67,6 +68,7 @@ class CellKind(UnitKind):
     name = "cell"
     stage = "cell"
     config_type = CellConfig
+    shaped_by = {"dataset": DATASETS, "output_defense": DEFENSES}
 
     def run(self, key: str, config: CellConfig, store: ResultStore, num_threads: int) -> dict[str, Any]:
         fit_record = store.read_unit("fit", config.fit)

@@ -20,7 +20,7 @@ from benchmark.defenses import output_transform
 from benchmark.defenses.base import OutputDefense
 from benchmark.errors import SegleakError
 from benchmark.metrics.membership import best_balanced_threshold, membership_metrics
-from benchmark.registry import ATTACKS
+from benchmark.registry import ATTACKS, DEFENSES
 from ray_jobs.store import ResultStore
 from ray_jobs.units.base import UNIT_KINDS, UnitKind, write_summary
 from ray_jobs.units.release import load_observed
@@ -76,6 +76,7 @@ class FitKind(UnitKind):
     name = "fit"
     stage = "attack"
     config_type = FitConfig
+    shaped_by = {"attack": ATTACKS, "output_defense": DEFENSES}
 
     def run(self, key: str, config: FitConfig, store: ResultStore, num_threads: int) -> dict[str, Any]:
         attack = build_attack(config)

@@ -10,6 +10,7 @@ from analysis import schema
 from benchmark.data.adapters import get_adapter
 from benchmark.defenses import build_defense
 from benchmark.models.train import TrainConfig, train_model
+from benchmark.registry import DATASETS, DEFENSES
 from ray_jobs.store import ResultStore
 from ray_jobs.units.base import UNIT_KINDS, UnitKind, write_summary
 
@@ -48,6 +49,7 @@ class ModelKind(UnitKind):
     name = "model"
     stage = "train"
     config_type = ModelConfig
+    shaped_by = {"dataset": DATASETS, "defense": DEFENSES}
 
     def run(self, key: str, config: ModelConfig, store: ResultStore, num_threads: int) -> dict[str, Any]:
         from ray_jobs.plan import local_data_root

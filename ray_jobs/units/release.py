@@ -12,6 +12,7 @@ from benchmark.attacks.base import Observed
 from benchmark.data.adapters import get_adapter
 from benchmark.defenses.base import OutputDefense
 from benchmark.models.release import defend, load_released, release_outputs, save_released
+from benchmark.registry import DATASETS
 from ray_jobs.store import ResultStore
 from ray_jobs.units.base import UNIT_KINDS, UnitKind, write_summary
 
@@ -34,6 +35,7 @@ class ReleaseKind(UnitKind):
     name = "release"
     stage = "release"
     config_type = ReleaseConfig
+    shaped_by = {"dataset": DATASETS}
 
     def run(self, key: str, config: ReleaseConfig, store: ResultStore, num_threads: int) -> dict[str, Any]:
         from ray_jobs.plan import local_data_root
