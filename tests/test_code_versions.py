@@ -5,7 +5,13 @@ leave every key as it was (tests/test_plan_scale.py compares them with the keys 
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import io
+import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +68,50 @@ def test_bumping_a_unit_kind_recomputes_its_units(baseline, tmp_path, monkeypatc
     after = _plan(tmp_path)
     gone = {baseline.units[k].kind for k in set(baseline.units) - set(after.units)}
     assert gone == {"blind"}
+
+
+LOCK = Path(__file__).with_name("component_versions.json")
+
+
+def _components() -> dict[str, dict[str, object]]:
+    """Each registered component's version and the hash of the file that defines it."""
+    out = {}
+    for registry in (ATTACKS, DEFENSES, DATASETS, UNIT_KINDS):
+        for name in registry.names():
+            cls = registry.lookup(name)
+            source = Path(inspect.getsourcefile(cls)).read_bytes()
+            out[f"{registry.name} {name}"] = {"version": cls.version, "source": hashlib.sha256(source).hexdigest()[:16]}
+    return out
+
+
+def test_a_component_whose_file_changed_says_whether_its_results_change():
+    """The guard on the versions themselves: an edited component file with an unchanged version fails here until
+    its author either bumps `version` (results change: they are recomputed) or records that they do not, by
+    refreshing the lock (`SEGLEAK_REFRESH_VERSIONS=1 pytest tests/test_code_versions.py`). It sees the file that
+    defines a component, not the shared modules it calls: a change there needs the same decision by hand."""
+    now = _components()
+    if os.environ.get("SEGLEAK_REFRESH_VERSIONS"):
+        LOCK.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
+    locked = json.loads(LOCK.read_text())
+    stale = [name for name, entry in now.items() if name in locked and entry["source"] != locked[name]["source"]
+             and entry["version"] == locked[name]["version"]]
+    assert not stale, (f"{', '.join(stale)}: code changed at the same version; bump `version` if results change, "
+                       "else refresh tests/component_versions.json (SEGLEAK_REFRESH_VERSIONS=1)")
+    assert set(now) == set(locked), "a component was added or removed: refresh tests/component_versions.json"
+
+
+def test_the_lock_guard_fails_on_an_edit_without_a_bump(monkeypatch):
+    """Mutation test of the guard: a component file edited at the same version is named."""
+    locked = json.loads(LOCK.read_text())
+    locked["attack loss_threshold"]["source"] = "0" * 16
+    monkeypatch.setattr(sys.modules[__name__], "LOCK", _Fake(json.dumps(locked)))
+    with pytest.raises(AssertionError, match="attack loss_threshold: code changed"):
+        test_a_component_whose_file_changed_says_whether_its_results_change()
+
+
+class _Fake:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read_text(self) -> str:
+        return self.text
