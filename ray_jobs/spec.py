@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from benchmark.attacks.base import Attack
 from benchmark.attacks.patch_attack import ATTACK_TRAIN_PARAMS
 from benchmark.data.adapters import DatasetAdapter, get_adapter
@@ -27,14 +25,13 @@ from benchmark.errors import SegleakError
 from benchmark.models.release import RELEASE_PARAMS, released_size
 from benchmark.models.train import TRAIN_PARAMS
 from benchmark.params import Param, check_params
-from benchmark.paths import project_root
 from benchmark.registry import ATTACKS, DEFENSES
+from ray_jobs.grid_file import PROFILES_DIR, read_grid
 from ray_jobs.bank import REFERENCE_PARAMS
 
 if TYPE_CHECKING:
     from ray_jobs.audit import AuditSpec
 
-PROFILES_DIR = project_root() / "ray_jobs" / "profiles"
 SYNTHETIC = "synthetic"
 CONTROLS = ("placebo",)
 RESOURCE_STAGES = ("train", "release", "attack", "cell")
@@ -514,11 +511,7 @@ def load_grid(profile: str | None = None, grid_file: str | Path | None = None) -
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
             raise SegleakError(f"unknown profile {name!r} (known: {known})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SegleakError(f"grid {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return validate(raw, str(path))
+    return validate(read_grid(path), str(path))
 
 
 def _check_archs(check: _Checker, archs: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from benchmark.errors import SegleakError
 from benchmark.registry import ComponentRegistry
+from ray_jobs.grid_file import import_worker_components
 from ray_jobs.store import DamagedUnit, ResultStore
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_th
     An input found damaged raises DamagedUnit as is (not a crash to retry): the scheduler recomputes the
     input, then this unit."""
     torch.set_num_threads(max(1, num_threads))
+    import_worker_components()
     store = ResultStore(store_root, invocation=invocation)
     unit_kind = UNIT_KINDS.lookup(kind)()
     with store.claim(kind, key) as mine:
