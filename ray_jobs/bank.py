@@ -184,7 +184,9 @@ class BankPlanner:
     def protocol(self, attack: AttackSetting, seen: DefenseSetting, trained_with: DefenseSetting,
                  source: DataSource, manifest: Manifest, meta: CellMeta) -> None:
         """The LiRA protocol cells of an attack (and its placebo) on the online bank, and the protocol's blind
-        baseline."""
+        baseline: a check of the reference-subset draw (can images alone predict a reference's IN/OUT split?
+        only if the draw depends on them, as a greedy one did on group size), not of image unpredictability,
+        which seeded splits of one pool have by construction."""
         from dataclasses import replace
 
         from ray_jobs.plan import Unit, unit_key
