@@ -173,13 +173,60 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help="a dataset option, e.g. classes=[a, b] or group_pattern='^(seq\\d+)_'")
 
 
+LISTABLE = ("attacks", "defenses", "datasets", "archs", "unit-kinds")
+
+
+def catalogue(what: str) -> list[tuple[str, str, str]]:
+    """(name, parameters, one-line doc) of every registered component of a kind, as `segleak list` prints them."""
+    if what == "archs":
+        from benchmark.models.builder import configs_dir, list_architectures
+
+        def comment(name: str) -> str:
+            lines = (configs_dir() / f"{name}.py").read_text().splitlines()
+            return " ".join(line.lstrip("# ") for line in lines if line.startswith("#"))
+
+        return [(name, "", _first_sentence(comment(name))) for name in list_architectures()]
+    from benchmark.registry import ATTACKS, DATASETS, DEFENSES
+
+    if what == "unit-kinds":
+        from ray_jobs.units import UNIT_KINDS
+
+        registry = UNIT_KINDS
+    else:
+        registry = {"attacks": ATTACKS, "defenses": DEFENSES, "datasets": DATASETS}[what]
+    rows = []
+    for name in registry.names():
+        cls = registry.lookup(name)
+        params = ", ".join(f"{key}={p.default!r}" for key, p in getattr(cls, "params", {}).items())
+        extra = f"side={cls.side}" if what == "defenses" else f"stage={cls.stage}" if what == "unit-kinds" else ""
+        doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
+        rows.append((name, "; ".join(v for v in (extra, params) if v), _first_sentence(doc)))
+    return rows
+
+
+def _first_sentence(text: str) -> str:
+    import re
+
+    words = " ".join(text.split())
+    end = re.search(r"(?<! al)(?<! e\.g)(?<! i\.e)\. ", words)  # not at "et al. " or "e.g. "
+    return words if end is None else words[:end.start() + 1]
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = catalogue(args.what)
+    width = max(len(name) for name, _, _ in rows)
+    for name, params, doc in rows:
+        print(f"{name:<{width}}  {doc}" + (f"\n{'':<{width}}  [{params}]" if params else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segleak", description="Membership inference benchmark for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     bench = sub.add_parser("benchmark", help="run a grid (a profile or a grid file) on Ray, logging to MLflow")
     source = bench.add_mutually_exclusive_group()
-    source.add_argument("--profile", default=None, help="smoke | default | paper (default: default)")
+    source.add_argument("--profile", default=None, help="smoke | default | extended | paper (default: default)")
     source.add_argument("--grid", help="a grid YAML file")
     bench.add_argument("--results", default=DEFAULT_RESULTS, help="results folder or s3:// URI (default: ./results)")
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
@@ -241,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--experiment", help="MLflow experiment (default: the most recent segleak experiment)")
         cmd.add_argument("--out", help=f"output folder (default: <results>/report/{name}, as the benchmark writes)")
         cmd.set_defaults(handler=handler)
+
+    listing = sub.add_parser("list", help="the registered components: " + ", ".join(LISTABLE))
+    listing.add_argument("what", choices=LISTABLE)
+    listing.set_defaults(handler=_cmd_list)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
     _add_tracking(ui)
