@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib import colormaps
 
 from analysis.figures import new_figure, save, skip
-from analysis.leaderboard import MISSING, Cell, Section
+from analysis.table import MISSING, Cell, Section
 from benchmark.audit.canaries import KINDS
 
 NOTE = ("One-run audits (Steinke, Nasr, Jagielski 2023): m canaries outside every query set, each in the audited "

@@ -9,16 +9,16 @@ from __future__ import annotations
 import html
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.aggregate import SELECTION_RULE, aggregate, comparable, worst_case
+from analysis.audit import audit_sections
 from analysis.matched import matched_sections
 from analysis.runs import GridRuns, load_runs
+from analysis.table import MISSING, Cell, Section
 
-MISSING = "—"
 CSV_COLUMNS = (
     "setting", "dataset", "shadow_dataset", "victim_arch", "shadow_arch", "shadow_overlap", "defense",
     "defense_params", "defense_label", "control", "attack", "representation", "attack_label", "strongest",
@@ -38,26 +38,6 @@ LEGEND = (
     f"attacker trained on are never scored). The {SELECTION_RULE}. {MISSING} = not in the grid, not resolvable "
     "by the data, or refused by the attack (hover for why); failed = every seed of every attack failed."
 )
-
-
-@dataclass
-class Cell:
-    """One table cell: its text lines, an optional bold lead, a state for styling, a tooltip."""
-
-    lines: list[str]
-    strong: str = ""
-    state: str = "ok"
-    title: str = ""
-
-
-@dataclass
-class Section:
-    """One table with a heading (a dataset setting, or its placebo controls)."""
-
-    heading: str
-    header: list[str]
-    rows: list[list[Cell]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def _num(mean: float, std: float = math.nan) -> str:
@@ -422,7 +402,6 @@ def write_leaderboard(tracking_uri: str, experiment: str | None, out: Path, pare
     runs = load_runs(tracking_uri, experiment, parent_run_id)
     table = aggregate(runs.cells)
     sections = build_sections(table, runs.models, runs.blind)
-    from analysis.audit import audit_sections  # it builds on this module's table model
 
     sections += audit_sections(runs.audits)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.table import MISSING, Cell, Section
+
 DROPS = (0.05, 0.10)
 GROUP_KEYS = ["setting", "dataset", "shadow_dataset", "victim_arch"]
 UTILITY = "victim_miou_mean"
@@ -115,7 +117,6 @@ _STATUS_TEXT = {
 
 
 def _reached_cell(row: pd.Series, metric: str, name: str):  # -> analysis.leaderboard.Cell
-    from analysis.leaderboard import MISSING, Cell  # here: the leaderboard imports this module
 
     status, note = row[f"{metric}_status"], row[f"{metric}_note"]
     if status in (NOT_REACHED, NO_DATA):
@@ -127,7 +128,6 @@ def _reached_cell(row: pd.Series, metric: str, name: str):  # -> analysis.leader
 def matched_sections(worst: pd.DataFrame) -> list:
     """Leaderboard sections (analysis.leaderboard.Section), one per setting and victim arch: per defense family
     the least AUC and TPR@1%FPR it reaches at the undefended mIoU minus each drop."""
-    from analysis.leaderboard import Cell, Section  # here: the leaderboard imports this module
 
     table = matched_table(worst)
     sections = []

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from analysis.leaderboard import MISSING, Cell, Section, _leak_colours, to_html
+from analysis.leaderboard import _leak_colours, to_html
+from analysis.table import MISSING, Cell, Section
 
 CHROMIUM = Path("/usr/bin/chromium")
 DEFENSES = ["none", "argmax", "gaussian σ=0.1", "gaussian σ=0.5", "temperature t=2", "topk k=1", "dp_sgd noise_multiplier=1",
