@@ -124,3 +124,26 @@ def test_relaxloss_keeps_the_training_loss_near_its_target(data, tmp_path):
     assert plain.metrics["train_loss_last"] < 2.0 - 0.4  # undefended, the loss falls well below the target
     assert abs(relaxed.metrics["relaxloss_ce_last_epoch"] - 2.0) < 0.15
     assert abs(relaxed.metrics["loss_train"] - 2.0) < 0.2  # the evaluated member loss too
+
+
+def test_reference_forward_leaves_the_released_models_batchnorm_statistics_alone(data):
+    """Issue 22 section 10: the reference images are not training data, so after a step the running statistics
+    are those of the members' forward alone; a plain training-mode reference forward (the bug) moves them."""
+    torch.manual_seed(0)
+    module, defense, images, labels = _adv_module(data)
+    start = {k: v.clone() for k, v in module.net.state_dict().items()}
+    stats = lambda: {k: v.clone() for k, v in module.net.named_buffers() if "running" in k}  # noqa: E731
+    assert stats(), "pspnet_tiny has BatchNorm layers"
+    torch.manual_seed(1)
+    defense.training_loss(module, images, labels)
+    after_step = stats()
+    module.net.load_state_dict(start)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        module.outputs(images)
+    members_only = stats()
+    assert all(torch.equal(after_step[k], members_only[k]) for k in members_only)
+    ref_images, _ = defense.reference_batch(len(images), images.device)
+    with torch.no_grad():
+        module.outputs(ref_images)  # the bug: a training-mode forward that updates the statistics
+    assert any(not torch.equal(stats()[k], members_only[k]) for k in members_only)

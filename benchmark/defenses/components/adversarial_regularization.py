@@ -4,7 +4,9 @@ model that tells the members from a reference set of non-members.
 Each training batch alternates the two players, as in Nasr et al.'s Algorithm 1:
 1. the inference model h takes `attack_steps` steps on binary cross-entropy, members (this batch's posteriors,
    detached) against as many reference images (the manifest's `<role>_reference` pool, outside every query
-   set), both forwarded in training mode so that h separates membership and not the norm layers' mode;
+   set), both forwarded in training mode so that h separates membership and not the norm layers' mode; the
+   reference forward runs on copies of the network's buffers, so BatchNorm's running statistics of the
+   released model are those of its members only (the reference images are not its training data);
 2. the classifier minimises CE + weight * (mean h(members) - 0.5), the gain term of the authors' released
    code (the probability h gives its members, not its log: bounded, so the classifier cannot win by
    pushing h's logits to minus infinity).
@@ -17,6 +19,7 @@ image.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +57,21 @@ class InferenceNet(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         return self.head(self.body(self.features(logits, labels)).mean(dim=(2, 3))).squeeze(1)
+
+
+@contextmanager
+def frozen_buffers(net: nn.Module) -> Iterator[None]:
+    """Run a training-mode forward (batch statistics) without touching `net`'s buffers (BatchNorm running
+    means, variances and counts): the forward updates copies, and the originals are put back on exit. Not an
+    in-place restore: the members' forward may have saved these very tensors for its backward."""
+    saved = [(m, name, b) for m in net.modules() for name, b in m._buffers.items() if b is not None]
+    for m, name, b in saved:
+        m._buffers[name] = b.clone()
+    try:
+        yield
+    finally:
+        for m, name, b in saved:
+            m._buffers[name] = b
 
 
 @DEFENSES.register_module()
@@ -100,7 +118,7 @@ class AdversarialRegularization(TrainingDefense):
         self.inference.to(images.device)
         outputs = module.outputs(images)
         ref_images, ref_labels = self.reference_batch(images.shape[0], images.device)
-        with torch.no_grad():  # training mode, like the members' forward
+        with torch.no_grad(), frozen_buffers(module.net):  # training mode, like the members' forward
             ref_logits = module.outputs(ref_images)[0][1]
         for _ in range(self.values["attack_steps"]):
             self.attack_step(outputs[0][1], labels, ref_logits, ref_labels)
