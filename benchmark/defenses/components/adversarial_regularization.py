@@ -77,6 +77,7 @@ def frozen_buffers(net: nn.Module) -> Iterator[None]:
 @DEFENSES.register_module()
 class AdversarialRegularization(TrainingDefense):
     name = "adv_reg"
+    version = 2  # the reference forward no longer updates the released model's BatchNorm statistics
     order = 570
     needs = frozenset({"reference_set"})
     example = {"weight": 1.0}
