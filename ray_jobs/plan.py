@@ -32,9 +32,9 @@ SYNTHETIC = "synthetic"
 
 def unit_key(kind: str, config: Any) -> str:
     """A short, stable content hash: same kind, resolved config and code versions -> same key, on any machine."""
-    payload = config_json(config) if hasattr(config, "__dataclass_fields__") else config
-    content: dict[str, Any] = {"kind": kind, "version": PLAN_VERSION, "config": payload}
-    if hasattr(config, "__dataclass_fields__") and (versions := code_versions(kind, config)):
+    typed = hasattr(config, "__dataclass_fields__")
+    content: dict[str, Any] = {"kind": kind, "version": PLAN_VERSION, "config": config_json(config) if typed else config}
+    if typed and (versions := code_versions(kind, config)):
         content["code"] = versions
     blob = json.dumps(content, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

@@ -18,12 +18,16 @@ from ray_jobs.plan import PLAN_VERSION, build_plan, unit_key
 from ray_jobs.sources import make_manifests
 from ray_jobs.spec import load_grid
 from ray_jobs.store import ResultStore
-from ray_jobs.units.base import config_json
+from ray_jobs.units.base import code_versions, config_json
 
 
 def _key_before(kind: str, config) -> str:
-    """How a key was computed before (dataclasses.asdict): the keys of existing results stores."""
-    blob = json.dumps({"kind": kind, "version": PLAN_VERSION, "config": asdict(config)}, sort_keys=True, default=str)
+    """How a key was computed before (dataclasses.asdict): the keys of existing results stores. Components at a
+    version above 1 add their versions (`code_versions`), which is what recomputes what they made."""
+    content = {"kind": kind, "version": PLAN_VERSION, "config": asdict(config)}
+    if versions := code_versions(kind, config):
+        content["code"] = versions
+    blob = json.dumps(content, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
