@@ -23,7 +23,8 @@ from benchmark.models.train import TRAIN_PARAMS
 from benchmark.needs import REFERENCE_SET, REFERENCES
 from benchmark.params import Param, check_params
 from ray_jobs.grid.audit_block import AuditSpec, parse_audit
-from ray_jobs.grid.entries import CONTROLS, AttackSetting, Checker, DefenseSetting, parse_attacks, parse_defenses
+from ray_jobs.grid.entries import (CONTROLS, EVERYWHERE, AttackSetting, Checker, DefenseSetting, Only, parse_attacks,
+                                   parse_defenses, parse_only)
 from ray_jobs.grid.file import PROFILES_DIR, read_grid
 
 RESOURCE_STAGES = ("train", "release", "attack", "cell")
@@ -32,6 +33,7 @@ RESOURCE_PARAMS = {"cpu": Param(float, default=1.0, low=0.0), "gpu": Param(float
 REFERENCE_PARAMS: dict[str, Param] = {
     "count": Param(int, default=8, low=3, help="reference models per bank (offline, and online unless set)"),
     "online_count": Param(int, default=None, nullable=True, low=3, help="the online bank's size (null: count)"),
+    "by_defense": Param(dict, default={}, help="smaller banks under some training defenses: {name or label: count}"),
 }
 
 
@@ -90,7 +92,7 @@ class Grid:
     leakage_maps: bool = True
     blind: bool = True
     references: dict[str, Any] = field(default_factory=dict)  # the reference banks' sizes (REFERENCE_PARAMS)
-    lira_protocol: bool = False
+    lira_protocol: Only | None = None  # where the LiRA protocol runs (None: nowhere)
     audit: AuditSpec | None = None  # one-run privacy audits (ray_jobs.grid.audit_block)
 
     def shadow_archs_for(self, victim_arch: str) -> tuple[str, ...]:
@@ -128,7 +130,8 @@ _TOP: dict[str, Param] = {
     "leakage_maps": Param(bool, default=True),
     "blind": Param(bool, default=True, help="the blind baseline and shift test of every setting"),
     "references": Param(dict, default={}, help="reference banks for LiRA, RMIA, calibrated loss: {count, online_count}"),
-    "lira_protocol": Param(bool, default=False, help="the LiRA evaluation protocol on each online reference bank"),
+    "lira_protocol": Param(object, default=False, help="the LiRA evaluation protocol on each online reference bank: "
+                           "true, or {defenses: [...]} for the banks under those defenses only"),
     "audit": Param(dict, default=None, nullable=True, help="one-run privacy audits (ray_jobs/grid/audit.py)"),
 }
 
@@ -263,19 +266,38 @@ def validate(raw: Any, source: str) -> Grid:
         leakage_maps=top["leakage_maps"],
         blind=top["blind"],
         references=check(check_params, "references", REFERENCE_PARAMS, top["references"]),
-        lira_protocol=top["lira_protocol"],
+        lira_protocol=_protocol(check, top["lira_protocol"]),
     )
     if len(set(grid.seeds)) != len(grid.seeds) or len(set(grid.overlaps)) != len(grid.overlaps):
         raise check.fail("seeds/overlaps", "a value is listed twice")
     _check_crop(check, grid)
-    _check_referenceparse_attacks(check, grid)
+    _check_reference_attacks(check, grid)
     _check_reference_sets(check, grid)
+    _check_bank_sizes(check, grid)
     if top.get("audit") is not None:
         grid = dataclasses.replace(grid, audit=parse_audit(check, top["audit"], grid))
     return grid
 
 
-def _check_referenceparse_attacks(check: Checker, grid: Grid) -> None:
+def _protocol(check: Checker, raw: Any) -> Only | None:
+    if isinstance(raw, bool):
+        return EVERYWHERE if raw else None
+    values = check(check_params, "lira_protocol", {"defenses": Param(list, item=str)}, raw)
+    return parse_only(check, "lira_protocol", {"only": values}, attack=True)
+
+
+def _check_bank_sizes(check: Checker, grid: Grid) -> None:
+    """`references.by_defense` names training defenses of the grid (by name, or one setting by its label), each
+    with a bank of 3 or more."""
+    trained = {n for d in grid.defenses if not d.output_side for n in (d.name, d.label)}
+    for name, count in grid.references["by_defense"].items():
+        if name not in trained:
+            raise check.fail(f"references.by_defense.{name}", f"not a training defense of this grid "
+                             f"({', '.join(sorted(trained)) or 'none'})")
+        check(Param(int, low=3).check, f"references.by_defense.{name}", count)
+
+
+def _check_reference_attacks(check: Checker, grid: Grid) -> None:
     """Reference banks are drawn from the victim's dataset: refuse a reference attack that would run in an
     independent setting (its pool and the victim's queries would lie in two datasets)."""
     independent = any(s.kind == "independent" for s in grid.settings)

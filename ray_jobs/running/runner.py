@@ -55,6 +55,8 @@ def print_plan(plan: Plan, store: ResultStore, stream=sys.stdout) -> None:
     parts = [f"{n} {kind} ({finished.get(kind, 0)} finished)" for kind, n in counts.items() if kind != "naive_models"]
     print(f"plan: {', '.join(parts)}; {plan.n_cells_requested} grid cells; a naive grid would train "
           f"{counts['naive_models']} models", file=stream, flush=True)
+    for text in plan.notes:
+        print(f"note: {text}", file=stream, flush=True)
 
 
 def run_benchmark(profile: str | None = None, grid_file: str | None = None, results: str = "results",

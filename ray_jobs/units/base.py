@@ -105,10 +105,15 @@ class Plan:
 
     units: dict[str, Unit] = field(default_factory=dict)
     n_cells_requested: int = 0
+    notes: list[str] = field(default_factory=list)  # what the plan could not do as designed, said before it runs
 
     def add(self, unit: Unit) -> str:
         self.units.setdefault(unit.key, unit)
         return unit.key
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def of_kind(self, kind: str) -> list[Unit]:
         return [u for u in self.units.values() if u.kind == kind]
