@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark.errors import SegleakError
 from benchmark.failure import one_line
 from benchmark.redact import redact
+from benchmark.safe_paths import inside
 from ray_jobs.background_log import BackgroundLogger
 from ray_jobs.plan import Plan, Unit
 from ray_jobs.scheduler import SKIPPED
@@ -94,7 +95,7 @@ class Reporter:
             adapter = get_adapter(cell.config.dataset)
             loss = loss_map(released.log_probs.float(), released.labels.long(), adapter.ignore_index)[:, 0].numpy()
             labels = released.labels.numpy()
-            path = out / f"leakage_{cell.meta.dataset}_{cell.meta.victim_arch}_{release_key[-8:]}.png"
+            path = inside(out, f"leakage_{cell.meta.dataset}_{cell.meta.victim_arch}_{release_key[-8:]}.png")
             plot_leakage_map(loss[is_member], labels[is_member], loss[~is_member], labels[~is_member],
                              adapter.classes, path, ignore_index=adapter.ignore_index)
             written.append(path)

@@ -104,7 +104,7 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
     try:
         summary = _run(plan, grid, store, tracker, address, max_concurrent, started, stream)
     except KeyboardInterrupt as stop:  # Ctrl-C, and SIGTERM/SIGHUP (benchmark.signals.Stopped)
-        _end(tracker, "KILLED", f"stopped by {stop or 'SIGINT'}")
+        _end(tracker, "KILLED", f"stopped by {str(stop) or 'SIGINT'}")  # Ctrl-C's KeyboardInterrupt has no text
         raise
     except BaseException as exc:
         _end(tracker, "FAILED", one_line(exc))

@@ -26,6 +26,7 @@ from benchmark.models.release import RELEASE_PARAMS, released_size
 from benchmark.models.train import TRAIN_PARAMS
 from benchmark.params import Param, check_params
 from benchmark.registry import ATTACKS, DEFENSES
+from benchmark.safe_paths import check_name
 from ray_jobs.grid_file import PROFILES_DIR, read_grid
 from ray_jobs.bank import REFERENCE_PARAMS
 
@@ -285,6 +286,7 @@ def _sweep(check: _Checker, where: str, entry: Any, registry, kind: str) -> list
         entry = {"name": entry}
     if not isinstance(entry, dict) or "name" not in entry:
         raise check.fail(where, f"expected a {kind} name or a mapping with 'name'")
+    check(check_name, f"{where}.name", entry["name"])
     cls = check.at(f"{where}.name", registry.lookup, entry["name"])
     params = {k: v for k, v in entry.items() if k not in ("name", "only", "tune")}
     unknown = sorted(set(params) - set(cls.params))
@@ -349,6 +351,7 @@ def _datasets(check: _Checker, raw: dict[str, Any]) -> dict[str, DatasetEntry]:
     if not raw:
         raise check.fail("datasets", "expected at least one dataset")
     for name, entry in raw.items():
+        check(check_name, "datasets", name)  # the leakage maps are named after it
         where = f"datasets.{name}"
         if not isinstance(entry, dict):
             raise check.fail(where, f"expected a mapping with 'root', got {entry!r}")
@@ -359,7 +362,7 @@ def _datasets(check: _Checker, raw: dict[str, Any]) -> dict[str, DatasetEntry]:
             raise check.fail(f"{where}.root", f"expected a path or 'synthetic', got {root!r}")
         spec = {k: v for k, v in entry.items() if k != "root"}
         spec.setdefault("type", name)
-        adapter = check(get_adapter, spec)
+        adapter = check.at(where, get_adapter, spec)
         out[name] = DatasetEntry(name, adapter.spec, root)
     return out
 
@@ -424,6 +427,7 @@ def _check_reference_sets(check: _Checker, grid: Grid) -> None:
 def validate(raw: Any, source: str) -> Grid:
     check = _Checker(source)
     top = check(check_params, "top level", _TOP, raw)
+    check(check_name, "name", top["name"])
     datasets = _datasets(check, top["datasets"])
     settings = []
     for i, entry in enumerate(check.items("settings", top["settings"], dict)):
@@ -506,7 +510,7 @@ def load_grid(profile: str | None = None, grid_file: str | Path | None = None) -
         if not path.is_file():
             raise SegleakError(f"grid file {path} does not exist")
     else:
-        name = profile or "default"
+        name = check_name("--profile", profile or "default")
         path = PROFILES_DIR / f"{name}.yaml"
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
@@ -519,5 +523,6 @@ def _check_archs(check: _Checker, archs: tuple[str, ...]) -> None:
 
     known = set(list_architectures())
     for arch in archs:
+        check(check_name, "victim_archs/shadow_archs", arch)
         if arch not in known:
             raise check.fail("victim_archs/shadow_archs", f"unknown architecture {arch!r} (known: {', '.join(sorted(known))})")
