@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 SYNTHETIC = "synthetic"
 CONTROLS = ("placebo",)
 RESOURCE_STAGES = ("train", "release", "attack", "cell")
+MAX_SEEDS = 1000  # each seed repeats the whole grid (manifests, models, cells): 10,000 would exhaust memory
 RESOURCE_PARAMS = {"cpu": Param(float, default=1.0, low=0.0), "gpu": Param(float, default=0.0, low=0.0)}
 
 
@@ -465,7 +466,7 @@ def validate(raw: Any, source: str) -> Grid:
         attacks=_attacks(check, check.items("attacks", top["attacks"], object)),
         adaptive=top["adaptive"],
         controls=tuple(check.items("controls", top["controls"], str, choices=CONTROLS, nonempty=False)),
-        seeds=tuple(check.items("seeds", top["seeds"], int, low=0)),
+        seeds=_seeds(check, top["seeds"]),
         splits=_splits(check, top["splits"], {s.shadow_dataset for s in settings}),
         group_split=top["group_split"],
         synthetic=synthetic,
@@ -490,6 +491,14 @@ def validate(raw: Any, source: str) -> Grid:
 
         grid = dataclasses.replace(grid, audit=parse_audit(check, top["audit"], grid))
     return grid
+
+
+def _seeds(check: _Checker, raw: Any) -> tuple[int, ...]:
+    seeds = tuple(check.items("seeds", raw, int, low=0))
+    if len(seeds) > MAX_SEEDS:
+        raise check.fail("seeds", f"{len(seeds)} values, at most {MAX_SEEDS}: each seed repeats the whole grid "
+                         "(its splits, models and cells)")
+    return seeds
 
 
 def _check_reference_attacks(check: _Checker, grid: Grid) -> None:

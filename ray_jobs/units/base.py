@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from benchmark.errors import SegleakError
+from benchmark.failure import DiskFull
 from benchmark.registry import ComponentRegistry
 from ray_jobs.grid_file import import_worker_components
 from ray_jobs.store import DamagedUnit, ResultStore
@@ -113,7 +114,7 @@ def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_th
             return store.read_unit(kind, key)["summary"]
         try:
             return unit_kind.run(key, unit_kind.config(config), store, num_threads)
-        except DamagedUnit:
+        except (DamagedUnit, DiskFull):  # not a crash to retry: recompute the input / end the run
             raise
         except SegleakError as exc:
             raise UnitRefused(str(exc)) from None
