@@ -5,7 +5,8 @@ task the moment its count reaches zero, at most `max_concurrent` at a time (else
 each queued task's arguments). A finished task announces itself through its future's callback on a queue,
 so the driver never rescans what is in flight and its work per unit does not grow with the plan's size.
 Ray retries a failing task (`retries` from the grid); a unit that still fails is recorded with its error
-and only the units downstream of it are skipped, so one bad cell never stops unrelated ones. Each
+and only the units downstream of it are skipped, so one bad cell never stops unrelated ones; a full disk
+(DiskFull) is not retried either, and stops the run: nothing new starts, those in flight finish. Each
 finished unit prints one line, instead of Ray's log stream.
 """
 
@@ -166,7 +167,7 @@ class Scheduler:
                         self._requeue(damaged.key, unit.key, outcome, waiting, dependents, ready, in_flight)
                         continue
                     error = _one_line(exc)
-                    if isinstance(damaged, DiskFull):  # the units in flight finish, then the run ends
+                    if isinstance(damaged, DiskFull):  # (the cause) the units in flight finish, then the run ends
                         full = damaged
                         outcome.failed[unit.key] = error
                         self._print("x", unit, f"FAILED: {error}")

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -69,8 +67,10 @@ def test_a_full_disk_ends_the_run_in_one_line_without_retries_and_freeing_space_
     assert len(lines) == 1 and lines[0].startswith(f"segleak: error: disk full at {results / 'model'}/model-"), lines
     assert lines[0].endswith("KiB free): free some space and run again; finished units are kept")
     progress = [line for line in run.stdout.splitlines() if line.startswith("[")]
-    assert len(progress) == 1 and " x model " in progress[0], run.stdout[-3000:]  # nothing else started
-    assert "FAILED: disk full at" in progress[0] and "retries" not in progress[0]  # not a crash to retry
+    failed = [line for line in progress if " x " in line]
+    assert len(failed) == 1 and progress[-1] == failed[0] and " x model " in failed[0], run.stdout[-3000:]
+    assert "FAILED: disk full at" in failed[0] and "retries" not in failed[0]  # not a crash to retry
+    assert len(progress) <= 2  # the blind baseline may come first (no model); nothing started after the failure
     assert not [e for e in ResultStore(results).ledger() if e["kind"] == "model"]
     assert not list(results.glob("model/.tmp-*")) and not list(results.glob("model/.lock-*"))
 
@@ -81,26 +81,16 @@ def test_a_full_disk_ends_the_run_in_one_line_without_retries_and_freeing_space_
     assert len(trained) == 2 and set(trained.values()) == {1}
 
 
-def _invocation_started(database: Path) -> bool:
-    if not database.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1) as db:
-            return bool(db.execute("SELECT 1 FROM tags WHERE key = 'segleak.kind' AND value = 'invocation'").fetchone())
-    except sqlite3.Error:  # created, not migrated yet
-        return False
-
-
 def test_ctrl_c_marks_the_run_killed_stopped_by_sigint(tmp_path):
     results = tmp_path / "results"
     database = tmp_path / "mlflow.db"
     driver = subprocess.Popen(_command(_grid(tmp_path), results, f"sqlite:///{database}"), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env(),
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
-    deadline = time.time() + 300
-    while not _invocation_started(database):
-        assert driver.poll() is None and time.time() < deadline, "the invocation's run never appeared"
-        time.sleep(0.2)
+    for line in driver.stdout:  # Ray is up and the units are being scheduled
+        if " units in the plan: " in line:
+            break
+    assert driver.poll() is None, driver.stderr.read()[-3000:]
     driver.send_signal(signal.SIGINT)
     out, err = driver.communicate(timeout=180)
     assert driver.returncode == 130, err[-3000:]
