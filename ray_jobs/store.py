@@ -758,6 +758,8 @@ class ResultStore:
             published = self._publish(tmp, final, kind, key)
             self.append_ledger({k: record[k] for k in ("kind", "key", "seconds", "host", "pid", "invocation")}
                                | {"published": published})
+        except DiskFull as full:  # a file of the unit that did not fit: named at the unit's place
+            raise DiskFull(full.path.replace(str(tmp), str(final), 1), full.free) from full.__cause__
         except Exception as exc:
             full = disk_full_at(exc, tmp)  # measured now: removing the temp dir below frees the space
             if full is None:

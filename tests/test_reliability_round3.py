@@ -21,6 +21,7 @@ from PIL import Image
 from benchmark.cli import main
 from benchmark.errors import SegleakError
 from benchmark.failure import LOW_SPACE_BYTES, DiskFull, disk_full_at, one_line
+from benchmark.io import write_atomic
 from benchmark.safe_paths import inside
 from ray_jobs.spec import PROFILES_DIR, load_grid, validate
 from ray_jobs.store import ResultStore
@@ -240,28 +241,35 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _fail_to_save(store: ResultStore, tensor: torch.Tensor) -> DiskFull:
-    """torch.save into a unit that does not fit; the DiskFull raised, its traceback dropped (its frames hold
-    torch's file writer, whose unlinked file keeps its blocks until the writer is freed)."""
+def _fail_to_save(store: ResultStore, tensor: torch.Tensor, atomic: bool) -> DiskFull:
+    """torch.save into a unit that does not fit, to the path or (as the model trainer does) through
+    write_atomic's file object; the DiskFull raised, its traceback dropped (its frames hold torch's file
+    writer, whose unlinked file keeps its blocks until the writer is freed)."""
     try:
         with store.writing("model", "model-big", {}) as out:
-            torch.save({"w": tensor}, out / "model.pt")
+            if atomic:
+                write_atomic(out / "model.pt", lambda handle: torch.save({"w": tensor}, handle))
+            else:
+                torch.save({"w": tensor}, out / "model.pt")
     except DiskFull as exc:
-        exc.__cause__.__traceback__ = exc.__traceback__ = None
+        exc.__traceback__ = None
+        if exc.__cause__ is not None:
+            exc.__cause__.__traceback__ = None
         return exc
     raise AssertionError("the write fitted")
 
 
-def test_torch_save_on_a_full_disk_is_named_and_a_smaller_write_then_works(small_disk):
+@pytest.mark.parametrize("atomic", [False, True])
+def test_torch_save_on_a_full_disk_is_named_and_a_smaller_write_then_works(small_disk, atomic):
     store = ResultStore(small_disk)
-    full = _fail_to_save(store, torch.zeros(2**19))  # 2 MiB on a 1 MiB disk
-    cause = full.__cause__
-    assert isinstance(cause, RuntimeError) and "inline_container" in str(cause)  # torch's way: no errno
-    assert full.path == str(small_disk / "model" / "model-big") and full.free < LOW_SPACE_BYTES
-    assert str(full).startswith(f"disk full at {small_disk / 'model' / 'model-big'} (")
+    full = _fail_to_save(store, torch.zeros(2**19), atomic)  # 2 MiB on a 1 MiB disk
+    assert "inline_container" in str(full.__cause__)  # torch's way of saying ENOSPC
+    where = small_disk / "model" / "model-big" / ("model.pt" if atomic else "")
+    assert full.path == str(where).rstrip("/") and full.free < LOW_SPACE_BYTES
+    assert str(full).startswith(f"disk full at {full.path} (")
     assert str(full).endswith("KiB free): free some space and run again; finished units are kept")
     assert one_line(full) == str(full)
-    del full, cause
+    del full
     gc.collect()
     assert os.listdir(small_disk / "model") == []  # the partial temp dir went, its space is free again
     with store.writing("model", "model-small", {}) as out:  # recovery: with space, writing works
