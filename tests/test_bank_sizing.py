@@ -5,7 +5,6 @@ with a bank trained under that defense."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml

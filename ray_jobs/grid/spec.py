@@ -22,12 +22,14 @@ from benchmark.models.release import RELEASE_PARAMS, released_size
 from benchmark.models.train import TRAIN_PARAMS
 from benchmark.needs import REFERENCE_SET, REFERENCES
 from benchmark.params import Param, check_params
+from benchmark.safe_paths import check_name
 from ray_jobs.grid.audit_block import AuditSpec, parse_audit
 from ray_jobs.grid.entries import (CONTROLS, EVERYWHERE, AttackSetting, Checker, DefenseSetting, Only, parse_attacks,
                                    parse_defenses, parse_only)
 from ray_jobs.grid.file import PROFILES_DIR, read_grid
 
 RESOURCE_STAGES = ("train", "release", "attack", "cell")
+MAX_SEEDS = 1000  # each seed repeats the whole grid (manifests, models, cells): 10,000 would exhaust memory
 RESOURCE_PARAMS = {"cpu": Param(float, default=1.0, low=0.0), "gpu": Param(float, default=0.0, low=0.0)}
 # The grid's `references` block: the attacker's reference banks (planned by ray_jobs.grid.bank).
 REFERENCE_PARAMS: dict[str, Param] = {
@@ -141,6 +143,7 @@ def _datasets(check: Checker, raw: dict[str, Any]) -> dict[str, DatasetEntry]:
     if not raw:
         raise check.fail("datasets", "expected at least one dataset")
     for name, entry in raw.items():
+        check(check_name, "datasets", name)  # the leakage maps are named after it
         where = f"datasets.{name}"
         if not isinstance(entry, dict):
             raise check.fail(where, f"expected a mapping with 'root', got {entry!r}")
@@ -151,7 +154,7 @@ def _datasets(check: Checker, raw: dict[str, Any]) -> dict[str, DatasetEntry]:
             raise check.fail(f"{where}.root", f"expected a path or 'synthetic', got {root!r}")
         spec = {k: v for k, v in entry.items() if k != "root"}
         spec.setdefault("type", name)
-        adapter = check(get_adapter, spec)
+        adapter = check.at(where, get_adapter, spec)
         out[name] = DatasetEntry(name, adapter.spec, root)
     return out
 
@@ -216,6 +219,7 @@ def _check_reference_sets(check: Checker, grid: Grid) -> None:
 def validate(raw: Any, source: str) -> Grid:
     check = Checker(source)
     top = check(check_params, "top level", _TOP, raw)
+    check(check_name, "name", top["name"])
     datasets = _datasets(check, top["datasets"])
     settings = []
     for i, entry in enumerate(check.items("settings", top["settings"], dict)):
@@ -253,7 +257,7 @@ def validate(raw: Any, source: str) -> Grid:
         attacks=parse_attacks(check, check.items("attacks", top["attacks"], object)),
         adaptive=top["adaptive"],
         controls=tuple(check.items("controls", top["controls"], str, choices=CONTROLS, nonempty=False)),
-        seeds=tuple(check.items("seeds", top["seeds"], int, low=0)),
+        seeds=_seeds(check, top["seeds"]),
         splits=_splits(check, top["splits"], {s.shadow_dataset for s in settings}),
         group_split=top["group_split"],
         synthetic=synthetic,
@@ -277,6 +281,14 @@ def validate(raw: Any, source: str) -> Grid:
     if top.get("audit") is not None:
         grid = dataclasses.replace(grid, audit=parse_audit(check, top["audit"], grid))
     return grid
+
+
+def _seeds(check: Checker, raw: Any) -> tuple[int, ...]:
+    seeds = tuple(check.items("seeds", raw, int, low=0))
+    if len(seeds) > MAX_SEEDS:
+        raise check.fail("seeds", f"{len(seeds)} values, at most {MAX_SEEDS}: each seed repeats the whole grid "
+                         "(its splits, models and cells)")
+    return seeds
 
 
 def _protocol(check: Checker, raw: Any) -> Only | None:
@@ -315,7 +327,7 @@ def load_grid(profile: str | None = None, grid_file: str | Path | None = None) -
         if not path.is_file():
             raise SegleakError(f"grid file {path} does not exist")
     else:
-        name = profile or "default"
+        name = check_name("--profile", profile or "default")
         path = PROFILES_DIR / f"{name}.yaml"
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
@@ -328,5 +340,6 @@ def _check_archs(check: Checker, archs: tuple[str, ...]) -> None:
 
     known = set(list_architectures())
     for arch in archs:
+        check(check_name, "victim_archs/shadow_archs", arch)
         if arch not in known:
             raise check.fail("victim_archs/shadow_archs", f"unknown architecture {arch!r} (known: {', '.join(sorted(known))})")
