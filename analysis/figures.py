@@ -1,4 +1,5 @@
-"""Figure plumbing shared by every plot: pyplot-free Agg figures saved as PNG and SVG, and skip notices.
+"""Figure plumbing shared by every plot: pyplot-free Agg figures saved as PNG, SVG (text kept as text, so
+it stays editable) and PDF, sized by the current style (analysis.style), and skip notices.
 
 Plots never use pyplot, so drawing them inside the grid runner leaves no global figure state behind.
 """
@@ -10,18 +11,21 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from analysis.style import figure_size
+
 log = logging.getLogger("analysis.plots")
-FORMATS = ("png", "svg")
+FORMATS = ("png", "svg", "pdf")
 DPI = 150
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A constrained-layout figure, so titles, labels and outside legends never overlap."""
-    return Figure(figsize=(width, height), layout="constrained")
+    """A constrained-layout figure, so titles, labels and outside legends never overlap; `width` x `height`
+    inches on screen, scaled to a paper column in the paper style."""
+    return Figure(figsize=figure_size(width, height), layout="constrained")
 
 
 def save(fig: Figure, out: Path, stem: str) -> list[Path]:
-    """Write `stem`.png and `stem`.svg into `out`."""
+    """Write `stem`.png, .svg and .pdf into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.{fmt}" for fmt in FORMATS]
     for path in paths:

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from analysis.schema import DATA_SOURCES_PARAM
 from benchmark.errors import SegleakError
 from benchmark.failure import one_line
 from benchmark.paths import default_tracking_uri
@@ -20,7 +21,7 @@ from ray_jobs.plan import Plan, build_plan
 from ray_jobs.preflight import check_images, check_resources, check_tracking, cluster_capacity, local_capacity
 from ray_jobs.ray_session import current_session, mark_session, remove_session, sweep_sessions
 from ray_jobs.reporting import Summary
-from ray_jobs.sources import make_manifests, prepare_sources
+from ray_jobs.sources import data_sources, make_manifests, prepare_sources
 from ray_jobs.spec import load_grid
 from ray_jobs.grid_file import IMPORTS_ENV
 from ray_jobs.store import CREDENTIAL_ENV, ResultStore
@@ -99,7 +100,8 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
 
     tracker = Tracker(tracking_uri, grid.name, {"profile": profile or ("custom" if grid_file else "default"),
                                                 "grid_name": grid.name, "grid_source": grid.source,
-                                                "results": store.root, "ray_address": address or "local"},
+                                                "results": store.root, "ray_address": address or "local",
+                                                DATA_SOURCES_PARAM: data_sources(grid)},
                       artifact_root=store.root, invocation=store.invocation)
     try:
         summary = _run(plan, grid, store, tracker, address, max_concurrent, started, stream)

@@ -3,6 +3,7 @@ membership manifest the grid needs, drawn by the same functions `segleak splits`
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from benchmark.errors import SegleakError
 from ray_jobs.plan import DataSource, local_data_root, synthetic_root
 from ray_jobs.spec import Grid
 from ray_jobs.store import ResultStore
+
+
+def data_sources(grid: Grid) -> str:
+    """The invocation's record of where each dataset came from (analysis.schema.DATA_SOURCES_PARAM): the
+    synthetic twins carry real datasets' names, so the report says which ones they are."""
+    return json.dumps({name: "synthetic" if entry.synthetic else "real" for name, entry in sorted(grid.datasets.items())})
 
 
 def prepare_sources(grid: Grid, store: ResultStore) -> dict[str, DataSource]:

@@ -157,7 +157,8 @@ def _log_blind(client: MlflowClient, exp: str, parent: str) -> None:
 
 def _invocation(client: MlflowClient, exp: str) -> str:
     run = client.create_run(exp, tags={"segleak.kind": "invocation"})
-    client.log_batch(run.info.run_id, params=[Param("profile", "test"), Param("grid_name", exp)])
+    client.log_batch(run.info.run_id, params=[Param("profile", "test"), Param("grid_name", exp), Param(
+        "data_sources", json.dumps({"cityscapes": "synthetic", "bdd100k": "synthetic"}))])
     return run.info.run_id
 
 
