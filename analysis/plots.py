@@ -1,5 +1,7 @@
-"""Comparison plots of one invocation (PNG and SVG): ROC, privacy-utility frontier, overlap heatmap,
-AUC against the Gaussian sigma and the DP epsilon, dependent vs independent setting.
+"""Comparison plots of one invocation (PNG, SVG and PDF): ROC, privacy-utility frontier, overlap heatmap,
+AUC against the Gaussian sigma and the DP epsilon, dependent vs independent setting. A plot that would be
+empty or hold a single point is skipped with a notice; every defense and attack keeps one colour and line
+style across all of them (analysis.style).
 
 Summary plots show, per defense setting, the strongest attack under the attacker's best shadow overlap and
 architecture (`aggregate.worst_case`), among the attacks every defense of the setting faced
@@ -22,17 +24,21 @@ from matplotlib.ticker import NullFormatter
 from analysis.aggregate import AUC_CHANCE, aggregate, comparable, strongest, worst_case
 from analysis.audit import plot_audit
 from analysis.figures import new_figure, save, skip, slug
+from analysis.headline import dataset_label
 from analysis.matched import pareto_front
 from analysis.matched_plots import plot_matched_frontier
 from analysis.roc import write_roc_plots
 from analysis.runs import load_runs, parse_params
+from analysis.style import LINESTYLES, MARKERS, SCREEN, Palette, figure_style, table_palette
 
-MARKERS = "osD^vP*X"
 SETTING_KEYS = ["setting", "dataset", "shadow_dataset"]
+SETTING_COLOURS = {"dependent": colormaps["tab10"](0), "independent": colormaps["tab10"](1)}
+OVERLAP_KEYS = ["victim_arch", "shadow_arch", "shadow_overlap"]
 
 
-def _setting_name(setting: str, dataset: str, shadow: str) -> str:
-    return f"{setting} ({dataset} victim, {shadow} shadow)"
+def _setting_name(setting: str, dataset: str, shadow: str, sources: dict[str, str] | None = None) -> str:
+    sources = sources or {}
+    return f"{setting} ({dataset_label(dataset, sources)} victim, {dataset_label(shadow, sources)} shadow)"
 
 
 def _yerr(rows: pd.DataFrame) -> np.ndarray:
@@ -81,16 +87,22 @@ def _legend_handles(ax: Axes, colours: dict[str, tuple], markers: dict[str, str]
     return handles
 
 
-def plot_frontier(worst: pd.DataFrame, out: Path) -> list[Path]:
-    """Privacy-utility frontier per setting: AUC and TPR@1%FPR against victim mIoU, Pareto front marked."""
+def plot_frontier(worst: pd.DataFrame, out: Path, palette: Palette | None = None,
+                  sources: dict[str, str] | None = None) -> list[Path]:
+    """Privacy-utility frontier per setting: AUC and TPR@1%FPR against victim mIoU, Pareto front marked; a
+    setting with fewer than two such points (the LiRA protocol has no mIoU) is skipped."""
     if worst.empty or worst["victim_miou_mean"].isna().all():
         return skip("privacy-utility frontier", "no cell with both an AUC and a victim mIoU")
-    palette = colormaps["tab20"].colors
+    palette = palette or table_palette(worst)
     labels = list(dict.fromkeys(worst.sort_values("defense_rank")["defense_label"]))
-    colours = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    colours = {label: palette.defense(label) for label in labels}
     markers = {arch: MARKERS[i % len(MARKERS)] for i, arch in enumerate(sorted(worst["victim_arch"].unique()))}
     paths = []
     for key, rows in worst.groupby(SETTING_KEYS, sort=True):
+        if len(rows.dropna(subset=["victim_miou_mean", "auc_mean"])) < 2:
+            paths += skip(f"privacy-utility frontier, {_setting_name(*key)}", "fewer than two cells with both an "
+                          "AUC and a victim mIoU")
+            continue
         fig = new_figure(12, 6.2)
         left, right = fig.subplots(1, 2)
         _frontier_panel(left, rows, "auc_mean", "Attack ROC-AUC (privacy leakage, lower is better)", AUC_CHANCE, colours, markers)
@@ -99,23 +111,28 @@ def plot_frontier(worst: pd.DataFrame, out: Path) -> list[Path]:
         archs = {arch: m for arch, m in markers.items() if arch in set(rows["victim_arch"])}
         fig.legend(handles=_legend_handles(left, used, archs), loc="outside lower center", fontsize=8,
                    ncols=min(5, len(used) + len(archs)))
-        fig.suptitle(f"Privacy-utility frontier, {_setting_name(*key)}\n"
+        fig.suptitle(f"Privacy-utility frontier, {_setting_name(*key, sources)}\n"
                      "strongest attack every defense faced, at the worst-case shadow overlap and architecture")
         paths += save(fig, out, slug("frontier", *key))
     return paths
 
 
-def plot_overlap_heatmap(best: pd.DataFrame, out: Path) -> list[Path]:
-    """AUC of the undefended victim over shadow overlap x architecture, one panel per setting."""
+def plot_overlap_heatmap(table: pd.DataFrame, out: Path, sources: dict[str, str] | None = None) -> list[Path]:
+    """AUC of the undefended victim over shadow overlap x architecture, one panel per setting, each cell's
+    strongest attack among the attacks that ran in every cell of its panel: an overlap attacked by LiRA next to
+    one attacked by the shadow attacks alone would show which attacks ran, not what overlap does."""
     # overlap only exists in the dependent setting (the independent shadow comes from another dataset)
-    undefended = best[(best["defense"] == "none") & best["shadow_overlap"].notna()]
-    panels = [(k, r) for k, r in undefended.groupby(SETTING_KEYS, sort=True) if len(r) > 1]
+    undefended = table[(table["defense"] == "none") & (table["control"] == "none") & table["shadow_overlap"].notna()]
+    same = comparable(undefended, keys=tuple(SETTING_KEYS), across=tuple(OVERLAP_KEYS)) if len(undefended) else undefended
+    best = strongest(same)
+    panels = [(k, r) for k, r in best.groupby(SETTING_KEYS, sort=True) if len(r) > 1]
     if not panels:
         return skip("overlap heatmap", "fewer than two undefended cells in every setting")
-    fig = new_figure(4.5 * len(panels) + 1.2, 3.8)
+    fig = new_figure(4.8 * len(panels) + 1.2, 4.2)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     image = None
     for ax, (key, rows) in zip(axes, panels):
+        attacks = sorted(same[(same[SETTING_KEYS] == list(key)).all(axis=1)]["attack_label"].unique())
         rows = rows.assign(arch=[v if v == s else f"{v} (shadow {s})" for v, s in zip(rows["victim_arch"], rows["shadow_arch"])])
         grid = rows.pivot_table(index="arch", columns="shadow_overlap", values="auc_mean", aggfunc="mean")
         spread = rows.pivot_table(index="arch", columns="shadow_overlap", values="auc_std", aggfunc="mean")
@@ -127,37 +144,45 @@ def plot_overlap_heatmap(best: pd.DataFrame, out: Path) -> list[Path]:
             ax.text(j, i, text, ha="center", va="center", fontsize=9, color="w" if value < 0.8 else "k")
         ax.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
         ax.set_yticks(range(grid.shape[0]), list(grid.index))
-        ax.set(xlabel="Shadow overlap (fraction of shadow members from victim members)", title=_setting_name(*key))
+        ax.set(xlabel="Shadow overlap (fraction of shadow members\nfrom victim members)",
+               title=textwrap.fill(f"{_setting_name(*key, sources)}; strongest of: {', '.join(attacks)}", 48))
     fig.colorbar(image, ax=list(axes), label="Attack ROC-AUC (strongest attack)")
-    fig.suptitle("Undefended victim: attack AUC by shadow overlap and architecture")
+    fig.suptitle("Undefended victim: attack AUC by shadow overlap and architecture\n"
+                 "(in each panel, the same attacks at every overlap)")
     return save(fig, out, "heatmap_overlap_arch")
 
 
 def _trend(worst: pd.DataFrame, out: Path, defense: str, x_of: Callable[[pd.DataFrame], pd.Series],
-           title: str, xlabel: str, xscale: str, stem: str) -> list[Path]:
-    """AUC (with interval) against one defense parameter; the undefended AUC as a dotted reference."""
+           title: str, xlabel: str, xscale: str, stem: str, palette: Palette | None = None,
+           sources: dict[str, str] | None = None) -> list[Path]:
+    """AUC (with interval) against one defense parameter, in the defense's colour (a line style per setting
+    and victim arch); the undefended AUC as a dotted reference. Skipped below two parameter values."""
     rows = worst[worst["defense"] == defense]
     rows = rows.assign(x=x_of(rows)).dropna(subset=["x", "auc_mean"]) if len(rows) else rows
     if rows.empty:  # also a grid without cells: its table lacks the metric columns
         return skip(stem, f"no finished {defense} cell with its parameter")
+    if rows["x"].nunique() < 2:
+        return skip(stem, f"a single {defense} parameter value ({rows['x'].iloc[0]:g}): one point is no trend")
+    palette = palette or table_palette(worst)
+    colour = palette.family(defense)
     fig = new_figure(7.5, 5.6)
     ax = fig.subplots()
-    palette = colormaps["tab10"].colors
     for i, (key, line) in enumerate(rows.groupby([*SETTING_KEYS, "victim_arch"], sort=True)):
         line = line.sort_values("x")
-        colour = palette[i % len(palette)]
-        name = f"{key[3]}, {_setting_name(*key[:3])}"
-        ax.errorbar(line["x"], line["auc_mean"], yerr=_yerr(line), marker="o", capsize=3, color=colour, label=name)
+        style = LINESTYLES[i % len(LINESTYLES)]
+        name = f"{key[3]}, {_setting_name(*key[:3], sources)}"
+        ax.errorbar(line["x"], line["auc_mean"], yerr=_yerr(line), marker=MARKERS[i % len(MARKERS)], capsize=3,
+                    color=colour, ls=style, label=name)
         base = worst[(worst[SETTING_KEYS + ["victim_arch"]] == list(key)).all(axis=1) & (worst["defense"] == "none")]
         if len(base):
-            ax.axhline(base["auc_mean"].iloc[0], color=colour, ls=":", lw=1.2, label=f"{name}: undefended")
+            ax.axhline(base["auc_mean"].iloc[0], color=palette.family("none"), ls=style, lw=0.9, label=f"{name}: undefended")
     ax.axhline(AUC_CHANCE, c="0.5", ls="--", lw=1, label="chance (0.5)")
     ax.set(xscale=xscale, xlabel=xlabel, ylabel="Attack ROC-AUC (strongest attack)")
     ticks = sorted(rows["x"].unique())
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, alpha=0.3)
-    fig.legend(fontsize=8, loc="outside lower center")
+    fig.legend(loc="outside lower center")
     ax.set_title(f"Attack AUC against {title}\n(error bars: bootstrap interval; worst-case shadow overlap)")
     return save(fig, out, stem)
 
@@ -166,7 +191,7 @@ def _sigma(rows: pd.DataFrame) -> pd.Series:
     return rows["defense_params"].map(lambda p: pd.to_numeric(parse_params(p).get("sigma"), errors="coerce"))
 
 
-def plot_dependent_vs_independent(worst: pd.DataFrame, out: Path) -> list[Path]:
+def plot_dependent_vs_independent(worst: pd.DataFrame, out: Path, sources: dict[str, str] | None = None) -> list[Path]:
     """Per victim dataset and arch: each defense's AUC in the dependent and independent settings, side by side."""
     pairs = worst.groupby(["dataset", "victim_arch"]).filter(lambda g: g["setting"].nunique() > 1)
     if pairs.empty:
@@ -181,30 +206,36 @@ def plot_dependent_vs_independent(worst: pd.DataFrame, out: Path) -> list[Path]:
         for i, ((setting, shadow), line) in enumerate(settings):
             x = line["defense_label"].map(labels.index).to_numpy() + (i - (len(settings) - 1) / 2) * width
             ax.errorbar(x, line["auc_mean"], yerr=_yerr(line), fmt=MARKERS[i % len(MARKERS)], capsize=3,
-                        ms=7, label=f"{setting} (shadow {shadow})")
+                        ms=7, color=SETTING_COLOURS.get(setting, "0.4"),
+                        label=f"{setting} (shadow {dataset_label(shadow, sources or {})})")
         ax.axhline(AUC_CHANCE, c="0.5", ls="--", lw=1, label="chance")
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
-        ax.set(title=f"{dataset} victim, {arch}", ylabel="Attack ROC-AUC (strongest attack)")
+        ax.set(title=f"{dataset_label(dataset, sources or {})} victim, {arch}", ylabel="Attack ROC-AUC (strongest attack)")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Dependent vs independent shadow data\n(strongest attack, worst-case overlap; error bars: bootstrap interval)")
     return save(fig, out, "dependent_vs_independent")
 
 
-def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run_id: str | None = None) -> list[Path]:
-    """Every plot that the invocation's data supports, as PNG and SVG in `out`; absent data -> a skip notice."""
+def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run_id: str | None = None,
+                style: str = SCREEN) -> list[Path]:
+    """Every plot that the invocation's data supports, as PNG, SVG and PDF in `out`, in the screen or the
+    paper style (analysis.style); absent data -> a skip notice."""
     runs = load_runs(tracking_uri, experiment, parent_run_id)
     table = aggregate(runs.cells)
     worst = worst_case(comparable(table))  # every defense compared under the same attacks
-    return [
-        *write_roc_plots(runs, out),
-        *plot_frontier(worst, out),
-        *plot_matched_frontier(worst, out),
-        *plot_overlap_heatmap(strongest(table), out),
-        *_trend(worst, out, "gaussian", _sigma, "the Gaussian output noise",
-                "Gaussian noise σ (std of the noise added to each posterior value)", "linear", "auc_vs_gaussian_sigma"),
-        *_trend(worst, out, "dp_sgd", lambda f: f["dp_epsilon_mean"], "the DP-SGD privacy budget",
-                "DP-SGD privacy budget ε (log scale; mean over seeds)", "log", "auc_vs_dp_epsilon"),
-        *plot_dependent_vs_independent(worst, out),
-        *plot_audit(runs.audits, out),
-    ]
+    palette, sources = table_palette(table), runs.sources
+    with figure_style(style):
+        return [
+            *write_roc_plots(runs, out, palette),
+            *plot_frontier(worst, out, palette, sources),
+            *plot_matched_frontier(worst, out, palette, sources),
+            *plot_overlap_heatmap(table, out, sources),
+            *_trend(worst, out, "gaussian", _sigma, "the Gaussian output noise",
+                    "Gaussian noise σ (std of the noise added to each posterior value)", "linear",
+                    "auc_vs_gaussian_sigma", palette, sources),
+            *_trend(worst, out, "dp_sgd", lambda f: f["dp_epsilon_mean"], "the DP-SGD privacy budget",
+                    "DP-SGD privacy budget ε (log scale; mean over seeds)", "log", "auc_vs_dp_epsilon", palette, sources),
+            *plot_dependent_vs_independent(worst, out, sources),
+            *plot_audit(runs.audits, out),
+        ]

@@ -36,7 +36,7 @@ UNDEFENDED = "none"
 _UNDEFENDED_COLOUR = "0.15"
 _DEFENSE_PALETTE = colormaps["tab10"].colors + colormaps["tab20b"].colors[::4]
 _ATTACK_PALETTE = colormaps["Dark2"].colors
-_LINESTYLES = ("-", "--", "-.", ":")
+LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = "osD^vP*X"
 
 
@@ -117,7 +117,7 @@ def palette(defense_labels: Iterable[tuple[str, str, object]], attack_labels: It
         mine = [label for a, label in pairs if a == attack]
         colour = _ATTACK_PALETTE[attack_order.index(attack) % len(_ATTACK_PALETTE)]
         for i, label in enumerate(mine):
-            attacks[label] = AttackStyle(colour, _LINESTYLES[i % len(_LINESTYLES)], MARKERS[i % len(MARKERS)])
+            attacks[label] = AttackStyle(colour, LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
     return Palette(families, defenses, attacks)
 
 
