@@ -72,10 +72,10 @@ def _panel(ax, curves: list[tuple[str, np.ndarray, np.ndarray]], styles: dict[st
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _legend(fig, ax) -> None:
+def _legend(fig, ax, columns: int = 1) -> None:
     """One legend for the whole figure (line styles are the same in every panel), below the panels."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(2 * columns, len(labels)), fontsize=8)
 
 
 def plot_cell_roc(scores: pd.DataFrame, out: Path, title: str, attack: str) -> Path:
@@ -127,7 +127,7 @@ def _figure(runs: GridRuns, key: tuple, rows: pd.DataFrame, styles: dict[str, di
                ylabel="True positive rate" if i % ncols == 0 else None)
     for ax in axes[len(labels):]:
         ax.set_visible(False)
-    _legend(fig, max(axes[:len(labels)], key=lambda a: len(a.get_legend_handles_labels()[1])))
+    _legend(fig, max(axes[:len(labels)], key=lambda a: len(a.get_legend_handles_labels()[1])), ncols)
     shadow = "" if shadow_arch == arch else f", shadow {shadow_arch}"
     title = (f"Log-log ROC per defense: {setting} setting ({victim} victim, {attacker} shadow), "
              f"victim {arch}{shadow}, {where}; lowest seed")
