@@ -232,8 +232,10 @@ def _view(cell: Cell) -> dict[str, object]:
     with one) is shaded by it and sorts by it."""
     found = _AUC.match(cell.lines[0]) if cell.state == "ok" and cell.lines and cell.auc is None else None
     auc = float(found[1]) if found else cell.auc if cell.state == "ok" and cell.auc is not None and not math.isnan(cell.auc) else None
-    return {"state": cell.state, "strong": cell.strong, "lines": cell.lines, "title": cell.title,
-            "value": f"{auc:.3f}" if auc is not None else "", "background": leak_colour(auc) if auc is not None else ""}
+    value = f"{auc:.3f}" if auc is not None else ""
+    state = f"{cell.state} auc" if value and len(cell.lines) == 1 else cell.state  # an AUC alone: kept on one line
+    return {"state": state, "strong": cell.strong, "lines": cell.lines, "title": cell.title,
+            "value": value, "background": leak_colour(float(value)) if value else ""}
 
 
 def _markdown_cell(cell: Cell | str) -> Markup:
