@@ -117,14 +117,20 @@ def plot_frontier(worst: pd.DataFrame, out: Path, palette: Palette | None = None
     return paths
 
 
+def overlap_cells(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The undefended cells with a shadow overlap, restricted per setting to the attacks that ran at every
+    overlap and architecture, and the strongest of those per cell."""
+    # overlap only exists in the dependent setting (the independent shadow comes from another dataset)
+    undefended = table[(table["defense"] == "none") & (table["control"] == "none") & table["shadow_overlap"].notna()]
+    same = comparable(undefended, keys=tuple(SETTING_KEYS), across=tuple(OVERLAP_KEYS)) if len(undefended) else undefended
+    return same, strongest(same)
+
+
 def plot_overlap_heatmap(table: pd.DataFrame, out: Path, sources: dict[str, str] | None = None) -> list[Path]:
     """AUC of the undefended victim over shadow overlap x architecture, one panel per setting, each cell's
     strongest attack among the attacks that ran in every cell of its panel: an overlap attacked by LiRA next to
     one attacked by the shadow attacks alone would show which attacks ran, not what overlap does."""
-    # overlap only exists in the dependent setting (the independent shadow comes from another dataset)
-    undefended = table[(table["defense"] == "none") & (table["control"] == "none") & table["shadow_overlap"].notna()]
-    same = comparable(undefended, keys=tuple(SETTING_KEYS), across=tuple(OVERLAP_KEYS)) if len(undefended) else undefended
-    best = strongest(same)
+    same, best = overlap_cells(table)
     panels = [(k, r) for k, r in best.groupby(SETTING_KEYS, sort=True) if len(r) > 1]
     if not panels:
         return skip("overlap heatmap", "fewer than two undefended cells in every setting")

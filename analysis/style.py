@@ -126,7 +126,8 @@ def table_palette(table) -> Palette:  # table: analysis.aggregate's frame
     if table.empty:
         return palette([], [])
     defenses = zip(table["defense"], table["defense_label"], table["defense_rank"])
-    return palette(defenses, zip(table["attack"], table["attack_label"]))
+    attacks = zip(table["attack"], table["attack_label"]) if "attack" in table else []
+    return palette(defenses, attacks)
 
 
 _STYLE: ContextVar[str] = ContextVar("figure_style", default=SCREEN)
