@@ -7,9 +7,12 @@ Plots never use pyplot, so drawing them inside the grid runner leaves no global 
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 
+from matplotlib import rcParams
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
 from analysis.style import figure_size
 
@@ -22,6 +25,13 @@ def new_figure(width: float, height: float) -> Figure:
     """A constrained-layout figure, so titles, labels and outside legends never overlap; `width` x `height`
     inches on screen, scaled to a paper column in the paper style."""
     return Figure(figsize=figure_size(width, height), layout="constrained")
+
+
+def wrap_title(fig: Figure, title: str) -> str:
+    """`title` broken into lines that fit the figure's width at the current style's title size."""
+    size = FontProperties(size=rcParams["figure.titlesize"]).get_size_in_points()
+    width = max(20, int(fig.get_figwidth() * 72 / (0.6 * size)))
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def save(fig: Figure, out: Path, stem: str) -> list[Path]:

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from analysis.aggregate import AUC_CHANCE
-from analysis.figures import new_figure, save, skip, slug
+from analysis.figures import new_figure, save, skip, slug, wrap_title
 from analysis.headline import dataset_label
 from analysis.matched import BASELINE, DROPS, GROUP_KEYS, METRICS, UTILITY, pareto_front
 from analysis.runs import parse_params
@@ -43,7 +43,7 @@ def _panel(ax: Axes, group: pd.DataFrame, metric: str, ylabel: str, chance: floa
                     color=colours[defense], label=defense)
         for x, y, text in zip(points[UTILITY], points[mean], _point_labels(points)):
             if text:
-                ax.annotate(text, (x, y), fontsize=6, xytext=(4, -9), textcoords="offset points", color=colours[defense])
+                ax.annotate(text, (x, y), fontsize="x-small", xytext=(4, -9), textcoords="offset points", color=colours[defense])
     if len(base):
         ax.errorbar(base[UTILITY], base[mean], yerr=_errors(base, metric), marker="*", ms=13, color=colours.get(BASELINE, "k"), capsize=2,
                     ls="none", label="undefended", zorder=5)
@@ -82,10 +82,10 @@ def plot_matched_frontier(worst: pd.DataFrame, out: Path, palette: Palette | Non
         for ax, (metric, ylabel, chance) in zip(axes, PANELS):
             _panel(ax, group, metric, ylabel, chance, colours)
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)), fontsize=8)
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)), fontsize="small")
         setting, dataset, shadow, arch = key
         victim, attacker = (dataset_label(d, sources or {}) for d in (dataset, shadow))
-        fig.suptitle(f"Privacy-utility per defense family: {arch}, {setting} ({victim} victim, {attacker} shadow)\n"
-                     "strongest attack (by calibration AUC) among those every defense faced, worst-case overlap; error bars: its interval")
+        fig.suptitle(wrap_title(fig, f"Privacy-utility per defense family: {arch}, {setting} ({victim} victim, {attacker} shadow)\n"
+                     "strongest attack (by calibration AUC) among those every defense faced, worst-case overlap; error bars: its interval"))
         paths += save(fig, out, slug("matched_frontier", *key))
     return paths

@@ -23,7 +23,7 @@ from matplotlib.ticker import NullFormatter
 
 from analysis.aggregate import AUC_CHANCE, aggregate, comparable, strongest, worst_case
 from analysis.audit import plot_audit
-from analysis.figures import new_figure, save, skip, slug
+from analysis.figures import new_figure, save, skip, slug, wrap_title
 from analysis.headline import dataset_label
 from analysis.matched import pareto_front
 from analysis.matched_plots import plot_matched_frontier
@@ -62,23 +62,23 @@ def _frontier_panel(ax: Axes, rows: pd.DataFrame, metric: str, ylabel: str, chan
         ax.plot(front["victim_miou_mean"], front[metric], "k--", lw=1, zorder=2, label="Pareto front")
         ax.scatter(front["victim_miou_mean"], front[metric], s=160, facecolor="none", edgecolor="k", lw=1.2, zorder=4)
         for i, row in enumerate(front.itertuples(), start=1):  # short numbers; names in the legend
-            ax.annotate(str(i), (row.victim_miou_mean, getattr(row, metric)), fontsize=8, fontweight="bold",
+            ax.annotate(str(i), (row.victim_miou_mean, getattr(row, metric)), fontsize="small", fontweight="bold",
                         xytext=(7, 7), textcoords="offset points")
         title = "Pareto front (circled):\n" + "\n".join(f"{i}  {n}" for i, n in enumerate(front["defense_label"], start=1))
     if absent and rows.empty:
         ax.text(0.5, 0.5, textwrap.fill("no cell has enough non-members to resolve this rate (a TPR at 1% FPR "
                                         "needs at least 100)", 40), transform=ax.transAxes, ha="center",
-                va="center", fontsize=9, color="0.35")
+                va="center", fontsize="medium", color="0.35")
         ax.set(xticks=[], yticks=[], xlabel="Victim mIoU on held-out data (utility, higher is better)", ylabel=ylabel)
         return
     if absent:
         ax.text(0.99, 0.01, textwrap.fill("not resolvable, not shown: " + ", ".join(absent), 55),
-                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
+                transform=ax.transAxes, ha="right", va="bottom", fontsize="small", color="0.35")
     ax.axhline(chance, c="0.6", ls=":", lw=1, label="chance")
     ax.margins(x=0.08, y=0.08)
     ax.set(xlabel="Victim mIoU on held-out data (utility, higher is better)", ylabel=ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize=7, title_fontsize=7, alignment="left", title=title)
+    ax.legend(loc="upper left", fontsize="small", title_fontsize="small", alignment="left", title=title)
 
 
 def _legend_handles(ax: Axes, colours: dict[str, tuple], markers: dict[str, str]) -> list:
@@ -109,10 +109,10 @@ def plot_frontier(worst: pd.DataFrame, out: Path, palette: Palette | None = None
         _frontier_panel(right, rows, "tpr_at_1pct_fpr_mean", "TPR at 1% FPR (lower is better)", 0.01, colours, markers)
         used = {label: c for label, c in colours.items() if label in set(rows["defense_label"])}
         archs = {arch: m for arch, m in markers.items() if arch in set(rows["victim_arch"])}
-        fig.legend(handles=_legend_handles(left, used, archs), loc="outside lower center", fontsize=8,
+        fig.legend(handles=_legend_handles(left, used, archs), loc="outside lower center", fontsize="small",
                    ncols=min(5, len(used) + len(archs)))
-        fig.suptitle(f"Privacy-utility frontier, {_setting_name(*key, sources)}\n"
-                     "strongest attack every defense faced, at the worst-case shadow overlap and architecture")
+        fig.suptitle(wrap_title(fig, f"Privacy-utility frontier, {_setting_name(*key, sources)}\n"
+                     "strongest attack every defense faced, at the worst-case shadow overlap and architecture"))
         paths += save(fig, out, slug("frontier", *key))
     return paths
 
@@ -147,14 +147,14 @@ def plot_overlap_heatmap(table: pd.DataFrame, out: Path, sources: dict[str, str]
         for (i, j), value in np.ndenumerate(grid.to_numpy()):
             std = spread.to_numpy()[i, j]
             text = "—" if math.isnan(value) else f"{value:.3f}" + ("" if math.isnan(std) else f"\n± {std:.3f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="w" if value < 0.8 else "k")
+            ax.text(j, i, text, ha="center", va="center", fontsize="medium", color="w" if value < 0.8 else "k")
         ax.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
         ax.set_yticks(range(grid.shape[0]), list(grid.index))
         ax.set(xlabel="Shadow overlap (fraction of shadow members\nfrom victim members)",
                title=textwrap.fill(f"{_setting_name(*key, sources)}; strongest of: {', '.join(attacks)}", 48))
     fig.colorbar(image, ax=list(axes), label="Attack ROC-AUC (strongest attack)")
-    fig.suptitle("Undefended victim: attack AUC by shadow overlap and architecture\n"
-                 "(in each panel, the same attacks at every overlap)")
+    fig.suptitle(wrap_title(fig, "Undefended victim: attack AUC by shadow overlap and architecture\n"
+                 "(in each panel, the same attacks at every overlap)"))
     return save(fig, out, "heatmap_overlap_arch")
 
 
@@ -218,8 +218,8 @@ def plot_dependent_vs_independent(worst: pd.DataFrame, out: Path, sources: dict[
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
         ax.set(title=f"{dataset_label(dataset, sources or {})} victim, {arch}", ylabel="Attack ROC-AUC (strongest attack)")
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Dependent vs independent shadow data\n(strongest attack, worst-case overlap; error bars: bootstrap interval)")
+        ax.legend(fontsize="small")
+    fig.suptitle(wrap_title(fig, "Dependent vs independent shadow data\n(strongest attack, worst-case overlap; error bars: bootstrap interval)"))
     return save(fig, out, "dependent_vs_independent")
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from analysis.figures import new_figure, save, skip, slug
+from matplotlib.font_manager import FontProperties
+from analysis.figures import new_figure, save, skip, slug, wrap_title
 from analysis.headline import dataset_label
 from analysis.runs import GridRuns, download_scores
 from analysis.style import Palette
@@ -57,16 +58,18 @@ def _panel(ax, curves: list[tuple[str, np.ndarray, np.ndarray]], styles: dict[st
     for rate in LOW_FPRS:
         ax.axvline(rate, c="0.35", ls=":", lw=0.9, zorder=1)
         ax.annotate(f"{100 * rate:g}%", (rate, floor), xytext=(2, 2), textcoords="offset points", rotation=90,
-                    va="bottom", ha="left", fontsize=7, color="0.3")
+                    va="bottom", ha="left", fontsize="x-small", color="0.3")
     rates = "TPR at " + " / ".join(f"{100 * r:g}%" for r in LOW_FPRS) + " FPR"
     lines = [(rates, "0.2")]
     for attack, fpr, tpr in sorted(curves, key=lambda c: c[0]):
         ax.step(np.maximum(fpr, floor), np.maximum(tpr, floor), where="post", lw=1.5, **styles[attack], label=attack)
         values = " / ".join(_tpr_at(fpr, tpr, r, n_nonmembers) for r in LOW_FPRS)
         lines.append((f"{attack}: {values}", styles[attack]["color"]))
+    step = 1.35 * FontProperties(size="small").get_size_in_points()  # one line of text, in points
     for i, (text, colour) in enumerate(reversed(lines)):
-        ax.text(0.97, 0.03 + 0.065 * i, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
-                color=colour, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
+        ax.annotate(text, (1, 0), xycoords="axes fraction", xytext=(-4, 4 + i * step), textcoords="offset points",
+                    ha="right", va="bottom", fontsize="small", color=colour,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.3})
     ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1), title=title)
     ax.set_aspect("equal")
     ax.grid(True, which="major", alpha=0.3)
@@ -75,7 +78,7 @@ def _panel(ax, curves: list[tuple[str, np.ndarray, np.ndarray]], styles: dict[st
 def _legend(fig, ax, columns: int = 1) -> None:
     """One legend for the whole figure (line styles are the same in every panel), below the panels."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(2 * columns, len(labels)), fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(2 * columns, len(labels)), fontsize="small")
 
 
 def plot_cell_roc(scores: pd.DataFrame, out: Path, title: str, attack: str) -> Path:
@@ -131,7 +134,7 @@ def _figure(runs: GridRuns, key: tuple, rows: pd.DataFrame, styles: dict[str, di
     shadow = "" if shadow_arch == arch else f", shadow {shadow_arch}"
     title = (f"Log-log ROC per defense: {setting} setting ({victim} victim, {attacker} shadow), "
              f"victim {arch}{shadow}, {where}; lowest seed")
-    fig.suptitle(textwrap.fill(title, width=int(width * 10)))
+    fig.suptitle(wrap_title(fig, title))
     suffix = () if math.isnan(overlap) else (f"ov{overlap:g}",)
     return save(fig, out, slug("roc", setting, dataset, shadow_dataset, arch, shadow_arch, *suffix))
 

@@ -245,7 +245,8 @@ def test_leaderboard_markdown_numbers_failed_missing_and_strongest(store: Store,
     assert _md_cell(md, DEPENDENT, row, "strongest attack") == "patch/slm"
     auc, low, high = (_mean(logged, m) for m in ("auc", "auc_ci_low", "auc_ci_high"))
     assert _md_cell(md, DEPENDENT, row, "AUC ± std [interval]") == f"{auc:.3f} ± 0.007 [{low:.3f}, {high:.3f}]"
-    assert _md_cell(md, DEPENDENT, row, "TPR@1%FPR [interval]") == f"{_mean(logged, 'tpr_at_1pct_fpr'):.3f} ± 0.005"
+    tprs = [c["metrics"]["tpr_at_1pct_fpr"] for c in logged]
+    assert _md_cell(md, DEPENDENT, row, "TPR@1%FPR [interval]") == f"{mean(tprs):.3f} ± {np.std(tprs, ddof=1):.3f}"
     assert _md_cell(md, DEPENDENT, row, "victim mIoU") == f"{_mean(logged, 'victim_miou'):.3f}"
     assert _md_cell(md, DEPENDENT, row, "worst-case shadow") == "overlap 0.5"
     at_zero = _mean(_expected(store, victim_arch="pspnet", shadow_overlap=0.0, defense="none", attack="patch",
