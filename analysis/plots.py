@@ -173,6 +173,7 @@ def _trend(worst: pd.DataFrame, out: Path, defense: str, x_of: Callable[[pd.Data
     colour = palette.family(defense)
     fig = new_figure(7.5, 5.6)
     ax = fig.subplots()
+    tops = [float((rows["auc_mean"] + _yerr(rows)[1]).max())]
     for i, (key, line) in enumerate(rows.groupby([*SETTING_KEYS, "victim_arch"], sort=True)):
         line = line.sort_values("x")
         style = LINESTYLES[i % len(LINESTYLES)]
@@ -182,7 +183,9 @@ def _trend(worst: pd.DataFrame, out: Path, defense: str, x_of: Callable[[pd.Data
         base = worst[(worst[SETTING_KEYS + ["victim_arch"]] == list(key)).all(axis=1) & (worst["defense"] == "none")]
         if len(base):
             ax.axhline(base["auc_mean"].iloc[0], color=palette.family("none"), ls=style, lw=0.9, label=f"{name}: undefended")
+            tops.append(base["auc_mean"].iloc[0])
     ax.axhline(AUC_CHANCE, c="0.5", ls="--", lw=1, label="chance (0.5)")
+    ax.set_ylim(min(AUC_CHANCE, ax.get_ylim()[0]) - 0.02, max(tops) + 0.03)  # lines in view
     ax.set(xscale=xscale, xlabel=xlabel, ylabel="Attack ROC-AUC (strongest attack)")
     ticks = sorted(rows["x"].unique())
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
