@@ -272,3 +272,14 @@ def test_chromium_filter_matches_defenses_and_attacks(page: str, tmp_path: Path,
         assert shown == expected
     aucs = [float(v) for v in re.findall(r'data-v="([\d.]+)"', first_table)]
     assert aucs == sorted(aucs, reverse=True), "clicking the AUC header sorts high to low"
+
+
+def test_null_check_tally_fails_on_a_failing_placebo_or_a_flagged_blind_baseline(table: pd.DataFrame) -> None:
+    from analysis.headline import null_tally
+
+    passing = table[~((table["control"] != "none") & (table["attack_label"] == "loss_threshold"))]
+    assert null_tally(passing, pd.DataFrame()).text() == "Null checks: all pass (placebo 1/1 pass; no blind baseline)."
+    flagged = pd.DataFrame({"flagged": [False, True]})
+    assert not null_tally(passing, flagged).passed
+    assert "blind baseline flagged in 1/2" in null_tally(passing, flagged).text()
+    assert null_tally(table, pd.DataFrame({"flagged": [False]})).text().startswith("Null checks: CHECK FAILED (placebo 1/2")
