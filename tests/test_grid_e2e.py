@@ -128,7 +128,7 @@ def test_mlflow_runs_follow_the_schema(smoke):
     assert "== segleak summary ==" in first.stdout and "leaderboard:" in first.stdout, first.stdout[-3000:]
     assert "\r" not in first.stdout + first.stderr  # plain lines in a log, no redrawn bars
     # each unit's line says where the run stands; the end says what was found, not only where it is
-    assert re.search(r"^\[\s*\d+/\d+ \d+s, ~[^\]]+ left\] \+ ", first.stdout, flags=re.M), first.stdout[-3000:]
+    assert re.search(r"^\[\s*\d+/\d+ [\dhms]+, ~[^\]]+ left\] \+ ", first.stdout, flags=re.M), first.stdout[-3000:]
     summary = first.stdout.split("== segleak summary ==", 1)[1]
     assert "Data: SYNTHETIC: " in summary and "Undefended " in summary and "Null checks: " in summary, summary
     index = (results / "report" / "index.html").read_text()
