@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.font_manager import FontProperties
+
 from analysis.figures import new_figure, save, skip, slug, wrap_title
 from analysis.headline import dataset_label
 from analysis.runs import GridRuns, download_scores
-from analysis.style import Palette
-from analysis.style import palette as style_palette
+from analysis.style import Palette, palette as style_palette
 from benchmark.metrics.membership import roc_curve
 
 ROW_KEYS = ["setting", "dataset", "shadow_dataset", "victim_arch", "shadow_arch", "shadow_overlap"]
