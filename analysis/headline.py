@@ -91,11 +91,12 @@ def _group_lines(group: pd.DataFrame, arch: str) -> list[str]:
     for drop in DROPS:
         target = undefended[UTILITY] - drop
         affordable = defended[defended[UTILITY] >= target]
+        at = f"At mIoU ≥ {target:.3f} (undefended − {drop:g})" if target > 0 else f"At any mIoU (undefended − {drop:g} ≤ 0)"
         if affordable.empty:
-            lines.append(f"At mIoU ≥ {target:.3f} (undefended − {drop:g}): no defense keeps that mIoU.")
+            lines.append(f"{at}: no defense keeps that mIoU.")
             continue
         best = affordable.loc[affordable["auc_mean"].idxmin()]
-        lines.append(f"At mIoU ≥ {target:.3f} (undefended − {drop:g}) the least leakage is {best['defense_label']}: "
+        lines.append(f"{at} the least leakage is {best['defense_label']}: "
                      f"{_leak(best)}, mIoU {_miou(best[UTILITY])}.")
     return lines
 
