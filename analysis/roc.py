@@ -125,7 +125,7 @@ def _figure(runs: GridRuns, key: tuple, rows: pd.DataFrame, styles: dict[str, di
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     floor = _floor(n_members, max(n_nonmembers.values()))
     for i, (ax, label) in enumerate(zip(axes, labels)):
-        _panel(ax, curves[label], styles, floor, n_nonmembers[label], label)
+        _panel(ax, curves[label], styles, floor, n_nonmembers[label], textwrap.fill(label, 34))
         ax.set(xlabel="False positive rate" if i + ncols >= len(labels) else None,
                ylabel="True positive rate" if i % ncols == 0 else None)
     for ax in axes[len(labels):]:
