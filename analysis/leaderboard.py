@@ -110,7 +110,7 @@ def _defense_row(rows: pd.DataFrame, worst: pd.DataFrame) -> list[Cell]:
               if r.status == "ok" else f"{r.attack_label}: {r.status}" for r in cell.itertuples() if not r.strongest]
     notes = "; ".join(dict.fromkeys(n for n in (*others, *cell["missing"], *cell["error"]) if n))
     n_failed = int(rows["n_failed"].sum())
-    seeds = f"{int(row['n_seeds'])}" + (f" (+{n_failed} failed)" if n_failed else "")
+    seeds = f"{int(row['n_seeds'])}" + (f" (+{n_failed} run{'s' if n_failed > 1 else ''} failed)" if n_failed else "")
     return head + [
         Cell([str(row["attack_label"])], title=notes),
         Cell([_auc(row, prefix="")], title=notes, auc=row["auc_mean"]),

@@ -258,9 +258,9 @@ def test_leaderboard_markdown_numbers_failed_missing_and_strongest(store: Store,
     assert _md_cell(md, INDEPENDENT, row, "strongest attack") == "loss_threshold"
     # argmax failed at overlap 0.5: its row is the attacker's best among what finished, and says what failed
     assert _md_cell(md, DEPENDENT, "| argmax | pspnet |", "worst-case shadow") == "overlap 0"
-    assert _md_cell(md, DEPENDENT, "| argmax | pspnet |", "seeds") == "2 (+4 failed)"
+    assert _md_cell(md, DEPENDENT, "| argmax | pspnet |", "seeds") == "2 (+4 runs failed)"
     assert "| argmax | deeplabv3 |" not in md  # not in the grid: no row
-    assert _md_cell(md, DEPENDENT, "| dp_sgd noise_multiplier=1 | pspnet |", "seeds") == "2 (+1 failed)"
+    assert _md_cell(md, DEPENDENT, "| dp_sgd noise_multiplier=1 | pspnet |", "seeds") == "2 (+2 runs failed)"  # one per overlap
     assert _md_cell(md, INDEPENDENT, "| gaussian σ=0.1 | pspnet |", "TPR@1%FPR [interval]") == "—"
     assert "| 0.000" not in md and " 0.000 " not in md
     victims = md.split("## victim models", 1)[1]
@@ -287,7 +287,7 @@ def test_leaderboard_html_is_self_contained(board: dict) -> None:
     page = board["html"]
     assert "<style>" in page and "http://" not in page and "https://" not in page and "<script src" not in page
     assert ('<td class="failed" title="RuntimeError: argmax broke (seed 0); RuntimeError: argmax broke (seed 1)">'
-            "2 (+4 failed)</td>") in page
+            "2 (+4 runs failed)</td>") in page
     assert ">loss_threshold</td>" in page and ">patch/slm</td>" in page
     assert html.escape(MISSING_TPR) in page  # the reason a TPR is absent is in the hover text
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
