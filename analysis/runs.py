@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.schema import (
     AUDIT, AUDIT_KIND_METRICS, AUDIT_METRICS, AUDIT_PARAMS, BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS,
-    CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
+    CELL_PARAMS, DATA_SOURCES_PARAM, ERROR_TAG, INVOCATION, KIND_TAG,
     MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG, TUNED_TAG,
     member_tag,
 )
@@ -40,6 +40,7 @@ class GridRuns:
     models: pd.DataFrame
     blind: pd.DataFrame
     audits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sources: dict[str, str] = field(default_factory=dict)  # dataset name -> "synthetic" | "real"
 
 
 def _kind_filter(kind: str) -> str:
@@ -224,6 +225,7 @@ def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | No
         models=_models(frame[kind == MODEL]),
         blind=_blind(frame[kind == BLIND]),
         audits=_audits(frame[kind == AUDIT]),
+        sources=json.loads(client.get_run(parent).data.params.get(DATA_SOURCES_PARAM, "{}")),
     )
 
 

@@ -28,6 +28,9 @@ MEMBER_PREFIX = "segleak.in."
 # who runs an invocation: a later invocation closes a RUNNING parent run whose process is provably gone
 HOST_ID_TAG, PID_TAG, PID_START_TAG = "segleak.host_id", "segleak.pid", "segleak.pid_start"
 LEADERBOARD_TAG = "segleak.leaderboard"
+# the invocation's param naming each grid dataset's source, JSON {name: "synthetic" | "real"}: the embedded
+# synthetic twins carry real datasets' names, and the report must never present them as the real data
+DATA_SOURCES_PARAM = "data_sources"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
 # MLflow 3's UI opens an experiment of this kind on its runs table (the default is the GenAI overview)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"

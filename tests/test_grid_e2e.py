@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,7 +127,14 @@ def test_mlflow_runs_follow_the_schema(smoke):
     assert len(blind) == 1 and {"blind_auc", "blind_auc_ci_low", "shift_auc"} <= set(blind[0].data.metrics)
     assert "== segleak summary ==" in first.stdout and "leaderboard:" in first.stdout, first.stdout[-3000:]
     assert "\r" not in first.stdout + first.stderr  # plain lines in a log, no redrawn bars
+    # each unit's line says where the run stands; the end says what was found, not only where it is
+    assert re.search(r"^\[\s*\d+/\d+ [\dhms]+, ~[^\]]+ left\] \+ ", first.stdout, flags=re.M), first.stdout[-3000:]
+    summary = first.stdout.split("== segleak summary ==", 1)[1]
+    assert "Data: SYNTHETIC: " in summary and "Undefended " in summary and "Null checks: " in summary, summary
+    index = (results / "report" / "index.html").read_text()
+    assert 'src="leakage/' in index and 'src="plots/' in index
     (parent,) = invocations(results)
+    assert set(json.loads(parent.data.params["data_sources"]).values()) == {"synthetic"}
     assert parent.info.status == "FINISHED" and parent.data.tags["segleak.leaderboard"].endswith("leaderboard.html")
     assert "leaderboard/leaderboard.html" in parent.data.tags["mlflow.note.content"]
     assert all(r.info.artifact_uri.startswith((results / "mlartifacts").as_uri()) for r in cells + [parent])
