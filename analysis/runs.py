@@ -6,13 +6,16 @@ plot code never touches MLflow and can be tested on frames alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
+from urllib.parse import quote
 
 import pandas as pd
 from mlflow.entities import Experiment
@@ -27,6 +30,28 @@ from analysis.schema import (
 from benchmark.errors import SegleakError
 
 _SYMBOLS = {"sigma": "σ", "epsilon": "ε", "target_epsilon": "ε"}
+# tables every MLflow SQLite store has (MLflow's own check lists all of its ORM's tables)
+MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "params", "metrics", "tags"})
+
+
+def reading_client(tracking_uri: str) -> MlflowClient:
+    """A client that cannot change the store: a SQLite file is checked to be an MLflow store first, opened
+    read-only (MLflow would otherwise create its 66 tables in any SQLite file, or in a missing one)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri)  # a server or a database server: nothing migrates an existing store
+    path = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+    if not path.is_file():
+        raise SegleakError(f"no MLflow store at {tracking_uri}: run `segleak benchmark` first (or pass --tracking-uri)")
+    ro_uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(ro_uri, uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise SegleakError(f"{path} is not an MLflow store ({exc}); it was left as it was") from None
+    if not MLFLOW_TABLES <= tables:
+        raise SegleakError(f"{path} is not an MLflow store (it lacks the tables {', '.join(sorted(MLFLOW_TABLES - tables))}); "
+                           "it was left as it was")
+    return MlflowClient(f"sqlite:///{ro_uri}&uri=true")
 
 
 @dataclass(frozen=True)
@@ -208,10 +233,7 @@ def _audits(frame: pd.DataFrame) -> pd.DataFrame:
 
 def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | None = None) -> GridRuns:
     """The cells and models of one invocation: `parent_run_id`, else the experiment's latest one."""
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        # MLflow would create an empty store there; a reader should say that nothing was run instead
-        raise SegleakError(f"no MLflow store at {tracking_uri}: run `segleak benchmark` first (or pass --tracking-uri)")
-    client = MlflowClient(tracking_uri)
+    client = reading_client(tracking_uri)
     resolved = _resolve_experiment(client, tracking_uri, experiment)
     parent = parent_run_id or _latest_invocation(client, tracking_uri, resolved)
     frame = _descendants(_runs_frame(client, resolved.experiment_id), parent)
@@ -229,7 +251,7 @@ def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | No
 
 def download_scores(tracking_uri: str, run_id: str, dst: Path) -> pd.DataFrame | None:
     """A cell's scores.csv (image_id, is_member, score), or None when the run has none."""
-    client = MlflowClient(tracking_uri)
+    client = reading_client(tracking_uri)
     if not any(f.path == "scores.csv" for f in client.list_artifacts(run_id)):
         return None
     dst.mkdir(parents=True, exist_ok=True)
