@@ -55,8 +55,8 @@ def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
     from ray_jobs.units import UNIT_KINDS
 
     tracker_args, store_args = pickle.load(inbox)
-    tracker = Tracker.attach(*tracker_args)
     store = ResultStore(store_args[0], invocation=store_args[1])
+    tracker = Tracker.attach(*tracker_args, locks=store)
     kinds: dict[str, Any] = {}
 
     def answer(message: tuple) -> None:

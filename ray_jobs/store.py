@@ -635,6 +635,19 @@ class ResultStore:
         _HEARTBEAT.remove(f"{path}#{token}")
         self._remove(path, token)
 
+    @contextlib.contextmanager
+    def holding(self, kind: str, key: str) -> Iterator[None]:
+        """Hold the lock `<root>/<kind>/.lock-<key>` for a short critical section, waiting while another live
+        process holds it (a gone owner's lock is taken over, as for `claim`)."""
+        token = self._try_lock(kind, key)
+        while token is None:
+            time.sleep(min(self.poll_s, 0.05))
+            token = self._try_lock(kind, key)
+        try:
+            yield
+        finally:
+            self._unlock(kind, key, token)
+
     def lock_owner(self, kind: str, key: str) -> dict[str, Any] | None:
         """Who holds a unit's lock now (host, pid, invocation, since), or None."""
         return self._read_lock(self._lock_path(kind, key))[0]

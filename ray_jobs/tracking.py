@@ -7,9 +7,12 @@ means workers on a cluster need no route to the server. Each unit kind decides w
 (`UnitKind.log`); this module only writes runs.
 
 Shared results folders (issue 18):
-- A unit has one FINISHED run per experiment, whoever logs it: an invocation first looks for one
-  (`reuse`, by the `segleak.unit` tag) and only tags it as its own (`schema.member_tag`); two invocations
-  that log one unit at once both look again after logging, keep the oldest run and delete the others.
+- A unit has one run per experiment, whoever logs it (issue 27): an invocation first looks for a FINISHED
+  one (`reuse`, by the `segleak.unit` tag) and only tags it as its own (`schema.member_tag`). Looking up and
+  creating a unit's run happen under a lock on the unit in the results folder (`<results>/mlflow-runs/
+  .lock-<key>`), so two invocations logging one unit at once create one run. A unit's FAILED (or KILLED) run
+  is replaced by the run that finishes it later: deleted (restorable with `mlflow runs restore`), after
+  tagging it `segleak.replaced_by` and handing its member tags to the new run.
 - Creating a new SQLite store (its tables) and the experiment is serialised by a lock on the folder.
 - The invocation's run says who runs it (host, pid, start time): a later invocation marks a RUNNING one
   whose process is gone (SIGKILL, power loss) KILLED; a live invocation marks its own run FINISHED, FAILED
@@ -38,12 +41,20 @@ from analysis import schema
 from benchmark.errors import SegleakError
 from benchmark.failure import one_line
 from benchmark.redact import redact
-from ray_jobs.store import HOST, current_owner, owner_alive
+from ray_jobs.store import HOST, ResultStore, current_owner, owner_alive
 
 ARTIFACTS_DIR = "mlartifacts"  # as `segleak ui` serves them (analysis.server.default_artifacts)
 SERVER_SCHEMES = ("http", "https", "databricks")  # the server decides where artifacts go
 PAGE = 5000
 ENDED_TAG = "segleak.ended"
+REPLACED_TAG = "segleak.replaced_by"
+RUN_LOCKS = "mlflow-runs"  # <results>/mlflow-runs/.lock-<unit key>: one process at a time logs a unit
+
+
+def quiet_mlflow() -> None:
+    """MLflow logs every store error with its traceback (60 lines for a deleted or locked mlflow.db) before
+    raising it; the tracker reports each error in one line, so MLflow's own loggers keep only CRITICAL."""
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
 
 
 def _finite(value: Any) -> bool:
@@ -91,9 +102,10 @@ class Tracker:
     """One parent run per invocation; nested runs per trained model, per grid cell, per blind baseline."""
 
     def __init__(self, tracking_uri: str, experiment: str, params: dict[str, Any],
-                 artifact_root: str | None = None, invocation: str | None = None) -> None:
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "creating tables" notices
-        self.uri = tracking_uri
+                 artifact_root: str | None = None, invocation: str | None = None,
+                 locks: ResultStore | None = None) -> None:
+        quiet_mlflow()
+        self.uri, self.locks = tracking_uri, locks
         try:
             with creation_lock(tracking_uri):
                 self.client = MlflowClient(tracking_uri)
@@ -181,30 +193,27 @@ class Tracker:
             self.client.set_tag(run_id, self.member, "true")
         return run_id
 
-    def _keep_one(self, unit_key: str, mine: str) -> str:
-        """After logging a unit: if other FINISHED runs of it exist (an invocation logging it at the same
-        time), keep the oldest, give it every invocation's member tag, delete the others. Every process that
-        looks sees the same oldest run, so concurrent invocations agree on it."""
-        runs = [r for r in _search_all(self.client, self.experiment_id, f"tags.`{schema.UNIT_TAG}` = '{unit_key}'")
-                if r.info.status == "FINISHED"]
-        if len(runs) <= 1:
-            return mine
-        keep = min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
-        for run in runs:
-            for tag in (t for t in run.data.tags if t.startswith(schema.MEMBER_PREFIX)):
-                self.client.set_tag(keep.info.run_id, tag, "true")
-        for run in runs:
-            if run.info.run_id != keep.info.run_id:
-                with contextlib.suppress(Exception):  # deleted meanwhile by the other invocation
-                    self.client.delete_run(run.info.run_id)
-        return keep.info.run_id
+    def _unit_lock(self, unit_key: str) -> contextlib.AbstractContextManager[None]:
+        """The unit's logging lock in the results folder; none without a results folder (one process logs)."""
+        return self.locks.holding(RUN_LOCKS, unit_key) if self.locks is not None else contextlib.nullcontext()
+
+    def _create(self, kind: str, name: str, params: dict[str, Any], tags: dict[str, str], metrics: dict[str, Any],
+                artifacts: Iterable[Path], status: str) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        values = [Metric(k, float(v), 0, 0) for k, v in metrics.items() if _finite(v)]
+        self.client.log_batch(run_id, metrics=values, params=[Param(k, str(v)) for k, v in params.items()])
+        for path in artifacts:
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, status=status)
+        return run_id
 
     @classmethod
-    def attach(cls, tracking_uri: str, experiment_id: str, parent_id: str) -> Tracker:
+    def attach(cls, tracking_uri: str, experiment_id: str, parent_id: str, locks: ResultStore | None = None) -> Tracker:
         """The tracker of a running invocation in another process (the background logger): same parent run."""
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        quiet_mlflow()
         tracker = cls.__new__(cls)
-        tracker.client, tracker.uri = MlflowClient(tracking_uri), tracking_uri
+        tracker.client, tracker.uri, tracker.locks = MlflowClient(tracking_uri), tracking_uri, locks
         tracker.experiment_id, tracker.parent_id = experiment_id, parent_id
         tracker.member = schema.member_tag(parent_id)
         tracker._finished, tracker._ended = None, False
@@ -212,21 +221,28 @@ class Tracker:
 
     def log_run(self, kind: str, name: str, params: dict[str, Any], tags: dict[str, str] | None = None,
                 metrics: dict[str, Any] | None = None, artifacts: Iterable[Path] = (), status: str = "FINISHED") -> str:
-        """A nested run under the invocation: params as text, finite metrics only, then its artifacts. A
-        FINISHED run of a unit (`segleak.unit` tag) is kept once per experiment."""
+        """A nested run under the invocation: params as text, finite metrics only, then its artifacts. A unit's
+        run (`segleak.unit` tag) is looked up and created under the unit's lock: a FINISHED run logged by any
+        invocation is reused (tagged as this one's), and the new run replaces the unit's unfinished ones."""
         tags = {schema.PARENT_TAG: self.parent_id, schema.KIND_TAG: kind, self.member: "true", **(tags or {})}
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        run_id = run.info.run_id
-        values = [Metric(k, float(v), 0, 0) for k, v in (metrics or {}).items() if _finite(v)]
-        self.client.log_batch(run_id, metrics=values, params=[Param(k, str(v)) for k, v in params.items()])
-        for path in artifacts:
-            self.client.log_artifact(run_id, str(path))
-        self.client.set_terminated(run_id, status=status)
         unit_key = tags.get(schema.UNIT_TAG)
-        if unit_key and status == "FINISHED":
-            run_id = self._keep_one(unit_key, run_id)
-            if self._finished is not None:
-                self._finished[unit_key] = run_id
+        if not unit_key:
+            return self._create(kind, name, params, tags, metrics or {}, artifacts, status)
+        with self._unit_lock(unit_key):
+            runs = list(_search_all(self.client, self.experiment_id, f"tags.`{schema.UNIT_TAG}` = '{unit_key}'"))
+            finished = sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: (r.info.start_time, r.info.run_id))
+            if finished:  # logged by an earlier or a concurrent invocation (or a failure after a success)
+                run_id = finished[0].info.run_id
+                self.client.set_tag(run_id, self.member, "true")
+            else:
+                run_id = self._create(kind, name, params, tags, metrics or {}, artifacts, status)
+                for old in runs:  # the unit's FAILED or KILLED runs: this one takes their place
+                    for tag in (t for t in old.data.tags if t.startswith(schema.MEMBER_PREFIX)):
+                        self.client.set_tag(run_id, tag, "true")
+                    self.client.set_tag(old.info.run_id, REPLACED_TAG, run_id)
+                    self.client.delete_run(old.info.run_id)
+        if self._finished is not None and (finished or status == "FINISHED"):
+            self._finished[unit_key] = run_id
         return run_id
 
     # -----------------------------------------------------------------------------------------------------
