@@ -73,11 +73,16 @@ def _kind_filter(kind: str) -> str:
 
 def _resolve_experiment(client: MlflowClient, tracking_uri: str, name: str | None) -> Experiment:
     """The named experiment, or the newest one holding a segleak invocation."""
-    if name is not None:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise SegleakError(f"no MLflow experiment named {name!r} in {tracking_uri}")
-        return experiment
+    if name is None:
+        return newest_experiment(client, tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise SegleakError(f"no MLflow experiment named {name!r} in {tracking_uri}")
+    return experiment
+
+
+def newest_experiment(client: MlflowClient, tracking_uri: str) -> Experiment:
+    """The newest experiment holding a segleak invocation (what the reading commands and the UI default to)."""
     for experiment in client.search_experiments(order_by=["creation_time DESC"]):
         if client.search_runs([experiment.experiment_id], _kind_filter(INVOCATION), max_results=1):
             return experiment
