@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install benchmark test test-fast ui leaderboard plots bench gpu-check docker cluster-test clean
+.PHONY: install chromium benchmark test test-fast ui leaderboard plots bench gpu-check docker cluster-test clean
 
 install: $(STAMP)
 
@@ -36,10 +36,17 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Debian's headless browser for the tests that read pages (leaderboard, MLflow UI); they skip without it
+chromium:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get -y -qq install chromium >/dev/null 2>&1 || \
+	    { apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get -y -qq install chromium >/dev/null 2>&1; }; }; } || \
+	  echo ">> chromium not installed (needs root and apt-get): the browser tests skip"
+
 benchmark: install
 	$(SEGLEAK) benchmark --profile $(PROFILE) --results $(RESULTS)
 
-test: install
+test: install chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
