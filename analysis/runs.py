@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.schema import (
     AUDIT, AUDIT_KIND_METRICS, AUDIT_METRICS, AUDIT_PARAMS, BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS,
-    CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
+    CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG, LOGGED_AS,
     MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG, TUNED_TAG,
     member_tag,
 )
@@ -51,7 +51,8 @@ def reading_client(tracking_uri: str) -> MlflowClient:
     if not MLFLOW_TABLES <= tables:
         raise SegleakError(f"{path} is not an MLflow store (it lacks the tables {', '.join(sorted(MLFLOW_TABLES - tables))}); "
                            "it was left as it was")
-    return MlflowClient(f"sqlite:///{ro_uri}&uri=true")
+    # the driver's own scheme: with `sqlite:///`, MLflow would make the folders of "file:/..." in the current folder
+    return MlflowClient(f"sqlite+pysqlite:///{ro_uri}&uri=true")
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ def _typed(frame: pd.DataFrame, params: Sequence[str], metrics: Sequence[str]) -
     """Run id, status, the named params (text) and metrics (floats, NaN where absent) of each run."""
     out = pd.DataFrame({"run_id": frame["run_id"], "status": frame["status"]})
     for name in params:
-        out[name] = _column(frame, f"params.{name}")
+        logged = _column(frame, f"params.{LOGGED_AS.get(name, name)}")
+        out[name] = logged.where(logged.notna(), _column(frame, f"params.{name}"))  # runs logged before LOGGED_AS
     for name in metrics:
         out[name] = pd.to_numeric(_column(frame, f"metrics.{name}"), errors="coerce")
     return out

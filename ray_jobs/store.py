@@ -763,7 +763,8 @@ class ResultStore:
             files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256_file(p), "bytes": p.stat().st_size}
                      for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix() != MARKER}
             record = _seal({"kind": kind, "key": key, "config": config, "summary": summary,
-                            "seconds": round(time.time() - started, 3), "host": HOST, "pid": os.getpid(),
+                            "started": round(started, 3), "seconds": round(time.time() - started, 3),
+                            "host": HOST, "pid": os.getpid(),
                             "invocation": self.invocation, "files": files, "inputs": inputs})
             (tmp / MARKER).write_text(json.dumps(record, indent=1, sort_keys=True))
             # on a path the rename publishes; on a bucket the marker's upload does

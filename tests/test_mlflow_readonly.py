@@ -57,3 +57,13 @@ def test_reading_a_real_store_leaves_it_unchanged(tmp_path):
     runs = load_runs(uri, None)
     assert list(runs.cells["auc"]) == [0.6] and runs.parent_run_id == tracker.parent_id
     assert _digest(store) == before
+
+
+def test_reading_writes_nothing_into_the_current_folder(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Tracker(uri, "segleak-readonly-cwd", {}, artifact_root=str(tmp_path)).finish("FINISHED")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_runs(uri, "segleak-readonly-cwd").cells.empty
+    assert not list(elsewhere.iterdir())

@@ -95,3 +95,28 @@ def test_a_units_failed_run_is_replaced_when_a_later_invocation_finishes_it(tmp_
     assert second.log_run(schema.CELL, "cell", {"dataset": "a"}, {schema.UNIT_TAG: "cell-f"}, status="FAILED") == finished
     assert len(_active_runs(client, second.experiment_id, "cell-f")) == 1
     second.finish("FINISHED")
+
+
+def test_a_copied_results_folder_is_refused_before_it_writes_into_the_original(tmp_path):
+    import shutil
+
+    from benchmark.errors import SegleakError
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    (tmp_path / "note.txt").write_text("an artifact")
+    first = Tracker(f"sqlite:///{original / 'mlflow.db'}", "segleak-copied", {}, artifact_root=str(original))
+    first.log_run(schema.CELL, "cell", {"dataset": "a"}, {schema.UNIT_TAG: "cell-c"}, artifacts=[tmp_path / "note.txt"])
+    first.finish("FINISHED")
+    shutil.copytree(original, copy)
+    before = sorted(p.relative_to(original) for p in original.rglob("*"))
+    try:
+        Tracker(f"sqlite:///{copy / 'mlflow.db'}", "segleak-copied", {}, artifact_root=str(copy))
+    except SegleakError as refusal:
+        message = str(refusal)
+    else:
+        raise AssertionError("a copied results folder was accepted")
+    assert f"{original}/mlartifacts" in message and str(copy) in message and "copied or moved" in message
+    assert sorted(p.relative_to(original) for p in original.rglob("*")) == before  # nothing written there
+    # the folder itself is fine: its own store is accepted again
+    Tracker(f"sqlite:///{original / 'mlflow.db'}", "segleak-copied", {}, artifact_root=str(original)).finish("FINISHED")
