@@ -24,7 +24,8 @@ from ray_jobs.recording.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
-CELL_PARAMS = {"dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense",
+# one vocabulary with the model runs: the victim's arch is `arch`, the shadow's overlap with its members `overlap`
+CELL_PARAMS = {"dataset", "arch", "shadow_dataset", "shadow_arch", "overlap", "defense",
                "defense_params", "attack", "representation", "seed"}
 CELL_METRICS = {"auc", "auc_ci_low", "auc_ci_high", "balanced_accuracy", "precision", "recall", "victim_miou",
                 "n_members", "n_nonmembers"}
@@ -139,6 +140,24 @@ def test_mlflow_runs_follow_the_schema(smoke):
     assert "leaderboard/leaderboard.html" in parent.data.tags["mlflow.note.content"]
     assert all(r.info.artifact_uri.startswith((results / "mlartifacts").as_uri()) for r in cells + [parent])
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard", "plots", "leakage"}
+    # issue 26: names tell the runs apart; each run spans its unit's computation; models have per-epoch curves;
+    # the invocation's run holds the headline and the null-check counts
+    names = [r.info.run_name for r in models + cells + blind]
+    assert len(set(names)) == len(names), sorted(names)
+    assert all(r.info.run_name.endswith(" · placebo") for r in placebo)
+    for run in models + cells:
+        marker = json.loads((results / ("model" if run in models else "cell") / run.data.tags["segleak.unit"]
+                             / "unit.json").read_text())
+        assert run.info.start_time == int(marker["started"] * 1000)
+        assert abs(run.info.end_time - run.info.start_time - marker["seconds"] * 1000) <= 2
+    for run in models:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch_train_loss"))
+        assert steps and steps == list(range(1, len(steps) + 1))
+        assert len(client.get_metric_history(run.info.run_id, "epoch_miou_heldout")) == len(steps)
+    headline = parent.data.metrics
+    assert 0 < headline["undefended_auc"] < 1
+    assert headline["null_placebo_pass"] + headline["null_placebo_fail"] + headline["null_placebo_open"] == 12
+    assert headline["null_blind_total"] == 1
 
 
 def test_scores_artifact_matches_logged_auc(smoke):

@@ -154,6 +154,7 @@ class Reporter:
                   f"`segleak leaderboard` / `segleak plots` write it later", file=stream)
         html = [p for p in report.get("leaderboard", []) if Path(p).suffix == ".html"]
         self.tracker.describe(grid.name, html[0] if html else None)
+        self.tracker.log_headline()
         self.tracker.log_parent({
             "wall_seconds": summary.wall_seconds, "compute_seconds": summary.compute_seconds,
             "n_units": len(self.plan.units), "n_cached": summary.cached, "n_failed": len(summary.failed),

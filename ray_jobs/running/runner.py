@@ -89,7 +89,7 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
                                                 "grid_name": grid.name, "grid_source": grid.source,
                                                 "results": store.root, "ray_address": address or "local",
                                                 DATA_SOURCES_PARAM: data_sources(grid)},
-                      artifact_root=store.root, invocation=store.invocation)
+                      artifact_root=store.root, invocation=store.invocation, locks=store)
     try:
         summary = _run(plan, grid, store, tracker, address, max_concurrent, started, stream)
     except KeyboardInterrupt as stop:  # Ctrl-C, and SIGTERM/SIGHUP (benchmark.signals.Stopped)
