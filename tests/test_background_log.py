@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis import schema
 from benchmark.errors import SegleakError
-from ray_jobs.recording.store import DamagedUnit, ResultStore
+from ray_jobs.recording.sealing import DamagedUnit
+from ray_jobs.recording.store import ResultStore
 from ray_jobs.recording.tracking import Tracker
 from ray_jobs.running.reporting import Reporter
 from ray_jobs.units.base import Plan, Unit

@@ -20,7 +20,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.failure import LOW_SPACE_BYTES, DiskFull, one_line
 from benchmark.signals import Stopped, rearm, stop_on_signals
-from ray_jobs.recording.store import HOST_ID, _process_start
+from ray_jobs.recording.owner import HOST_ID, _process_start
 from ray_jobs.running.ray_session import MARK, mark_session, sweep_sessions
 
 

@@ -25,8 +25,10 @@ import numpy as np
 import pytest
 
 from benchmark.errors import SegleakError
-from ray_jobs.recording.store import (DAMAGED, DAMAGED_NOTE, HOST_ID, LOCK_PREFIX, MARKER, TEMP_PREFIX, DamagedUnit,
-                                      ResultStore, current_owner)
+from ray_jobs.recording.leases import LOCK_PREFIX
+from ray_jobs.recording.owner import HOST_ID, TEMP_PREFIX, current_owner
+from ray_jobs.recording.sealing import MARKER, DamagedUnit
+from ray_jobs.recording.store import DAMAGED, DAMAGED_NOTE, ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,9 @@ from analysis.schema import member_tag
 from benchmark.data.roots import local_data_root, synthetic_root
 from benchmark.data.synth import SynthSpec
 from benchmark.errors import SegleakError
-from ray_jobs.recording.store import DAMAGED, LOCK_PREFIX, MARKER, DamagedUnit, ResultStore
+from ray_jobs.recording.leases import LOCK_PREFIX
+from ray_jobs.recording.sealing import MARKER, DamagedUnit
+from ray_jobs.recording.store import DAMAGED, ResultStore
 
 
 def _free_port() -> int:

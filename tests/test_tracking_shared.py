@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from analysis import schema
 from analysis.report import write_report
 from analysis.runs import load_runs
-from ray_jobs.recording.store import HOST_ID, _process_start
+from ray_jobs.recording.owner import HOST_ID, _process_start
 from ray_jobs.recording.tracking import Tracker
 
 CELL = {"dataset": "cityscapes", "victim_arch": "pspnet", "shadow_dataset": "cityscapes", "shadow_arch": "pspnet",

@@ -31,6 +31,9 @@ Several invocations may share one root (issue 18):
   result was not published because an identical computation got there first (`published: false`), with
   the invocation, host, pid and seconds: one object per event because a bucket cannot append (and
   O_APPEND is not atomic on NFS either). Tests count trainings with it.
+Each mechanism is a module of its own: owner.py (identity, temp names, the heartbeat), leases.py (`LeaseLocks`),
+sealing.py (markers and checksums), ledger.py (`Ledger`); this one holds the folder, its POSIX or bucket I/O,
+publishing, damaged units and sweeps.
 """
 
 from __future__ import annotations
@@ -40,237 +43,38 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from benchmark.errors import SegleakError
 from benchmark.failure import DiskFull, disk_full_at
+from ray_jobs.recording.leases import BREAK_LEASE_S, BREAK_SUFFIX, LOCK_PREFIX, LeaseLocks
+from ray_jobs.recording.ledger import Ledger
+from ray_jobs.recording.owner import _HEARTBEAT, HOST, TEMP_PREFIX, _owner_in_name, owner_alive, temp_name
+from ray_jobs.recording.sealing import MARKER, DamagedUnit, _Check, _check_files, _parse_marker, _seal, _sha256_file
 
-MARKER = "unit.json"
-TEMP_PREFIX = ".tmp-"
-LOCK_PREFIX = ".lock-"
-BREAK_SUFFIX = ".breaking"  # a short-lived lock on a lock: one process at a time takes over a stale one
-LEDGER = "ledger"
 DAMAGED = "damaged"
 DAMAGED_NOTE = "DAMAGED.json"
 DEFAULT_LEASE_S = 600.0  # another host's lock or temp dir is stale when its lease is this old
 DEFAULT_POLL_S = 1.0     # how often a process waiting for another's unit looks for its marker
-BREAK_LEASE_S = 60.0     # a takeover takes milliseconds: a `.breaking` file this old is left over
 # what a worker on another node needs to reach the bucket; the runner forwards these for a remote root
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                   "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
-
-
-class DamagedUnit(Exception):
-    """A finished unit whose files do not match its marker. Recoverable: recompute the unit (it has been
-    moved aside to `moved_to`, unless another process was recomputing it already) and read it again."""
-
-    def __init__(self, kind: str, key: str, reason: str, moved_to: str | None = None) -> None:
-        super().__init__(kind, key, reason, moved_to)  # all in args: survives pickling across Ray
-        self.kind, self.key, self.reason, self.moved_to = kind, key, reason, moved_to
-
-    def __str__(self) -> str:
-        where = f"; moved aside to {self.moved_to}" if self.moved_to else ""
-        return f"{self.kind} unit {self.key} is damaged: {self.reason}{where}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# who owns what: a process is (host id, pid, start time); liveness is only decidable on its own host
-
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
-HOST = socket.gethostname()
-# the boot id tells two machines with one hostname (and a rebooted one) apart
-HOST_ID = hashlib.sha256(f"{HOST}/{_read_text('/proc/sys/kernel/random/boot_id')}".encode()).hexdigest()[:8]
-_HAVE_PROC = Path("/proc/self/stat").exists()
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of a running process (clock ticks since boot); None if gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def current_owner() -> tuple[str, int, str]:
-    pid = os.getpid()
-    return HOST_ID, pid, (_process_start(pid) or "0") if _HAVE_PROC else "0"
-
-
-def owner_alive(host_id: Any, pid: Any, start: Any) -> bool | None:
-    """Whether a process is running: True/False for one on this host, None for another host's."""
-    if host_id != HOST_ID:
-        return None
-    try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return None
-    if _HAVE_PROC:
-        return _process_start(pid) == str(start)  # a reused pid has another start time
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def temp_name(name: str) -> str:
-    """A private name beside `name` that carries its owner (see `sweep_stale`)."""
-    host_id, pid, start = current_owner()
-    return f"{TEMP_PREFIX}{name}@{host_id}.{pid}.{start}.{uuid.uuid4().hex[:8]}"
-
-
-def _owner_in_name(name: str) -> tuple[str, int, str] | None:
-    _, sep, tag = name.rpartition("@")
-    parts = tag.split(".")
-    if not sep or len(parts) != 4 or not parts[1].isdigit():
-        return None
-    return parts[0], int(parts[1]), parts[2]
-
-
-class _Heartbeat:
-    """One daemon thread per process refreshing the leases of what the process owns (locks, temp dirs):
-    processes on other hosts cannot check our pid, they go by how recent the lease is."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[Callable[[], None], float, float]] = {}
-        self._mutex = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, name: str, touch: Callable[[], None], every: float) -> None:
-        with self._mutex:
-            self._items[name] = (touch, every, time.monotonic() + every)
-            if self._thread is None or not self._thread.is_alive():  # none yet, or lost in a fork
-                self._thread = threading.Thread(target=self._run, name="segleak-lease", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def remove(self, name: str) -> None:
-        with self._mutex:
-            self._items.pop(name, None)
-
-    def _run(self) -> None:
-        while True:
-            now = time.monotonic()
-            with self._mutex:
-                due = [(name, item) for name, item in self._items.items() if item[2] <= now]
-                for name, (touch, every, _) in due:
-                    self._items[name] = (touch, every, now + every)
-            for _, (touch, _, _) in due:
-                try:
-                    touch()
-                except Exception:  # noqa: BLE001 - a missed refresh is retried; the lease is generous
-                    pass
-            with self._mutex:
-                wake = min((item[2] for item in self._items.values()), default=now + 1.0)
-            self._wake.wait(min(1.0, max(0.05, wake - time.monotonic())))
-            self._wake.clear()
-
-
-_HEARTBEAT = _Heartbeat()
-_SWEPT: set[str] = set()  # roots this process has swept once (see `claim`)
-
-# ---------------------------------------------------------------------------------------------------------
-# checksums
-
-_SHA_CACHE: dict[tuple, str] = {}
-
-
-def _sha256_file(path: Path, stat: os.stat_result | None = None) -> str:
-    """sha256 of a file, remembered per (path, inode, size, mtime): a process re-reading an input hashes it once."""
-    stat = stat or path.stat()
-    memo = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    if memo not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if len(_SHA_CACHE) > 10_000:
-            _SHA_CACHE.clear()
-        _SHA_CACHE[memo] = digest.hexdigest()
-    return _SHA_CACHE[memo]
-
-
-def _record_checksum(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _seal(record: dict[str, Any]) -> dict[str, Any]:
-    """The marker as written: JSON-normalised, with a checksum of its own content."""
-    normal = json.loads(json.dumps(record, default=str))
-    return {**normal, "checksum": _record_checksum(normal)}
-
-
-def _parse_marker(blob: bytes, key: str) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        record = json.loads(blob)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        return None, f"{MARKER} is not valid JSON ({exc})"
-    if not isinstance(record, dict):
-        return None, f"{MARKER} is not a JSON object"
-    if "checksum" in record and _record_checksum(record) != record["checksum"]:
-        return None, f"{MARKER}: its content does not match its checksum"
-    if record.get("key", key) != key:
-        return None, f"{MARKER} belongs to unit {record['key']}"
-    return record, None
-
-
-def _check_files(directory: Path, files: dict[str, dict[str, Any]], deep: bool) -> str | None:
-    """Why a unit's files differ from what its marker lists (sizes first: a stat each), None if they match."""
-    stats = {}
-    for rel, meta in sorted(files.items()):
-        try:
-            stats[rel] = (directory / rel).stat()
-        except FileNotFoundError:
-            return f"{rel} is missing"
-        if stats[rel].st_size != meta["bytes"]:
-            return f"{rel}: {stats[rel].st_size} bytes, marker says {meta['bytes']}"
-    if deep:
-        for rel, meta in sorted(files.items()):
-            actual = _sha256_file(directory / rel, stats[rel])
-            if actual != meta["sha256"]:
-                return f"{rel}: sha256 mismatch (file {actual[:12]}, marker says {meta['sha256'][:12]})"
-    return None
-
-
-@dataclass
-class _Check:
-    """What is at a unit's place: nothing (`missing`), a damaged unit (`reason`), or an intact one."""
-
-    missing: bool = False
-    reason: str | None = None
-    blob: bytes = b""
-    record: dict[str, Any] | None = None
-
-    @property
-    def intact(self) -> bool:
-        return not self.missing and self.reason is None
 
 
 def _cache_home() -> Path:
     return Path(os.environ.get("SEGLEAK_CACHE") or Path.home() / ".cache" / "segleak").expanduser()
 
 
-class ResultStore:
+class ResultStore(LeaseLocks, Ledger):
+    """A results folder (a path or a bucket): finished units, their locks, the ledger."""
+
     def __init__(self, root: str | Path, invocation: str | None = None, lease_s: float | None = None,
                  poll_s: float | None = None) -> None:
         text = str(root)
@@ -510,183 +314,6 @@ class ResultStore:
     # -----------------------------------------------------------------------------------------------------
     # locks: one owner computes a unit; the others wait for it
 
-    def _lock_path(self, kind: str, key: str) -> str:
-        return self._path(kind, f"{LOCK_PREFIX}{key}")
-
-    def _owner_record(self) -> dict[str, Any]:
-        host_id, pid, start = current_owner()
-        return {"host": HOST, "host_id": host_id, "pid": pid, "start": start, "invocation": self.invocation,
-                "token": uuid.uuid4().hex, "since": time.time()}
-
-    def _create_exclusive(self, path: str, data: bytes) -> bool:
-        """Create a small file with this content unless it exists: atomic on a path, best effort on a bucket."""
-        if self.remote:
-            if self.fs.exists(path):
-                return False
-            self.fs.pipe_file(path, data)
-            time.sleep(0.2)  # a racing writer's PUT lands after ours: read back whose content won
-            try:
-                return self.fs.cat_file(path) == data
-            except FileNotFoundError:
-                return False
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(temp_name(target.name))
-        tmp.write_bytes(data)
-        try:
-            os.link(tmp, target)  # fails if the target exists; the content is complete from the start
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # a file system without hard links
-            try:
-                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _read_lock(self, path: str) -> tuple[dict[str, Any] | None, float]:
-        """(content, lease time) of a lock file; ({}, mtime) if unreadable, (None, 0) if there is none."""
-        try:
-            if self.remote:
-                blob = self.fs.cat_file(path)
-                modified = self.fs.info(path).get("LastModified")
-                mtime = modified.timestamp() if hasattr(modified, "timestamp") else time.time()
-            else:
-                mtime = os.stat(path).st_mtime
-                blob = Path(path).read_bytes()
-        except FileNotFoundError:
-            return None, 0.0
-        try:
-            record = json.loads(blob)
-        except ValueError:
-            record = {}
-        return (record if isinstance(record, dict) else {}), mtime
-
-    def _stale(self, record: dict[str, Any], mtime: float, lease_s: float | None = None) -> str | None:
-        """Why a lock's (or temp file's) owner is provably gone; None while it may be alive."""
-        alive = owner_alive(record.get("host_id"), record.get("pid"), record.get("start"))
-        if alive is False:
-            return f"its owner, pid {record.get('pid')} on {record.get('host')}, is gone"
-        age = time.time() - mtime
-        if alive is None and age > (lease_s or self.lease_s):
-            return f"its lease is {age:.0f} s old"
-        return None
-
-    def _remove(self, path: str, token: str | None = None) -> None:
-        """Delete a lock file; with a token, only while it still holds that token."""
-        if token is not None:
-            current, _ = self._read_lock(path)
-            if current is None or current.get("token") != token:
-                return
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(path) if self.remote else os.unlink(path)
-
-    def _break(self, path: str, stale: dict[str, Any]) -> bool:
-        """Remove a stale lock unless it changed meanwhile; one process at a time (a `.breaking` lock)."""
-        breaker = path + BREAK_SUFFIX
-        mine = self._owner_record()
-        if not self._create_exclusive(breaker, json.dumps(mine).encode()):
-            record, mtime = self._read_lock(breaker)
-            if record is not None and self._stale(record, mtime, BREAK_LEASE_S):
-                self._remove(breaker, record.get("token"))  # a breaker that died mid-way
-            return False
-        try:
-            current, _ = self._read_lock(path)
-            if current is not None and current.get("token") == stale.get("token"):
-                self._remove(path)
-            return True
-        finally:
-            self._remove(breaker, mine["token"])
-
-    def _touch_lock(self, path: str, token: str, blob: bytes) -> None:
-        if not self.remote:
-            os.utime(path)  # the mtime is the lease; a lock taken over meanwhile is another inode's business
-        elif (self._read_lock(path)[0] or {}).get("token") == token:
-            self.fs.pipe_file(path, blob)
-
-    def _try_lock(self, kind: str, key: str) -> str | None:
-        """Take a unit's lock if it is free or its owner is gone: its token, or None if someone holds it."""
-        return self._take_lock(kind, key)[0]
-
-    def _take_lock(self, kind: str, key: str) -> tuple[str | None, bool]:
-        """`_try_lock`, and whether a gone owner's lock was taken over (its temp dirs may be left)."""
-        path = self._lock_path(kind, key)
-        took_over = False
-        for _ in range(3):
-            record = self._owner_record()
-            blob = json.dumps(record, indent=1).encode()
-            if self._create_exclusive(path, blob):
-                _HEARTBEAT.add(f"{path}#{record['token']}", lambda: self._touch_lock(path, record["token"], blob),
-                               every=max(0.05, min(30.0, self.lease_s / 4)))
-                return record["token"], took_over
-            current, mtime = self._read_lock(path)
-            if current is not None and self._stale(current, mtime) is None:
-                return None, False
-            if current is not None:
-                took_over = self._break(path, current) or took_over
-        return None, False
-
-    def _unlock(self, kind: str, key: str, token: str) -> None:
-        path = self._lock_path(kind, key)
-        _HEARTBEAT.remove(f"{path}#{token}")
-        self._remove(path, token)
-
-    @contextlib.contextmanager
-    def holding(self, kind: str, key: str) -> Iterator[None]:
-        """Hold the lock `<root>/<kind>/.lock-<key>` for a short critical section, waiting while another live
-        process holds it (a gone owner's lock is taken over, as for `claim`)."""
-        token = self._try_lock(kind, key)
-        while token is None:
-            time.sleep(min(self.poll_s, 0.05))
-            token = self._try_lock(kind, key)
-        try:
-            yield
-        finally:
-            self._unlock(kind, key, token)
-
-    def lock_owner(self, kind: str, key: str) -> dict[str, Any] | None:
-        """Who holds a unit's lock now (host, pid, invocation, since), or None."""
-        return self._read_lock(self._lock_path(kind, key))[0]
-
-    @contextlib.contextmanager
-    def claim(self, kind: str, key: str) -> Iterator[bool]:
-        """Hold a unit's lock while computing it. Yields True when the caller must compute the unit (inside
-        the block, with `writing`), False when it is finished: it was already, or another process held the
-        lock and finished it while this one waited. A lock whose owner is provably gone is taken over; a
-        damaged copy found under the lock is moved aside, and dead owners' temp dirs for it are removed."""
-        token, took_over = None, False
-        while token is None and not self.is_done(kind, key):
-            token, took_over = self._take_lock(kind, key)
-            if token is None:
-                time.sleep(self.poll_s)
-        if token is None:
-            yield False
-            return
-        try:
-            if self.is_done(kind, key):  # the previous owner published it just before letting go
-                yield False
-                return
-            check = self._check(kind, key)
-            if check.reason is not None:
-                self._move_aside(kind, key, check.reason)
-            if took_over:  # its owner died computing it: its temp dirs (listing the kind's folder is
-                # O(units), so not on every claim; `sweep_stale` finds the others)
-                self._sweep(self.local_root / kind, f"{TEMP_PREFIX}{key}@*")
-            if self.root not in _SWEPT:  # once per process: what other nodes' drivers cannot reach
-                _SWEPT.add(self.root)
-                self.sweep_stale()
-            yield True
-        finally:
-            self._unlock(kind, key, token)
-
-    # -----------------------------------------------------------------------------------------------------
-    # writers
-
     def _temp_dir(self, final: Path) -> Path:
         """A private temp dir beside `final`, named after its owner, its lease refreshed while it exists."""
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -795,21 +422,6 @@ class ResultStore:
         tmp = target.with_name(temp_name(target.name))
         tmp.write_bytes(data)
         os.replace(tmp, target)
-
-    def append_ledger(self, event: dict[str, Any]) -> None:
-        name = f"{LEDGER}/{time.time_ns():020d}-{event['key']}-{uuid.uuid4().hex[:8]}.json"
-        self._write_bytes(name, json.dumps({**event, "time": time.time()}, sort_keys=True).encode())
-
-    def ledger(self) -> list[dict[str, Any]]:
-        """Every ledger event, oldest first."""
-        # an event still being written on a path is `.tmp-<name>.json@<owner>`: not listed
-        names = [p for p in self.fs.find(self._path(LEDGER)) if p.endswith(".json")
-                 and not p.rsplit("/", 1)[-1].startswith(TEMP_PREFIX)]
-        events = [json.loads(blob) for blob in self.fs.cat(names).values()] if names else []
-        return sorted(events, key=lambda e: e["time"])
-
-    # -----------------------------------------------------------------------------------------------------
-    # leftovers
 
     def _temp_owner_gone(self, entry: Path) -> bool:
         try:

@@ -44,7 +44,8 @@ from analysis import schema
 from benchmark.errors import SegleakError
 from benchmark.failure import one_line
 from benchmark.redact import redact
-from ray_jobs.recording.store import HOST, ResultStore, current_owner, owner_alive
+from ray_jobs.recording.owner import HOST, current_owner, owner_alive
+from ray_jobs.recording.store import ResultStore
 
 ARTIFACTS_DIR = "mlartifacts"  # as `segleak ui` serves them (analysis.server.default_artifacts)
 SERVER_SCHEMES = ("http", "https", "databricks")  # the server decides where artifacts go

@@ -26,7 +26,8 @@ from benchmark.data.roots import local_data_root
 from benchmark.errors import SegleakError
 from benchmark.failure import first_line
 from benchmark.redact import redact
-from ray_jobs.recording.store import ResultStore, temp_name
+from ray_jobs.recording.owner import temp_name
+from ray_jobs.recording.store import ResultStore
 from ray_jobs.units import UNIT_KINDS
 from ray_jobs.units.base import Plan
 

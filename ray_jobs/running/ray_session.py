@@ -19,7 +19,7 @@ import signal
 import time
 from pathlib import Path
 
-from ray_jobs.recording.store import current_owner, owner_alive
+from ray_jobs.recording.owner import current_owner, owner_alive
 
 MARK = "segleak-driver.json"
 CORE = ("gcs_server", "raylet")  # a session with one of these alive is in use

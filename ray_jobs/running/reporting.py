@@ -14,7 +14,8 @@ from benchmark.errors import SegleakError
 from benchmark.failure import DiskFull, disk_full_at, one_line
 from benchmark.redact import redact
 from benchmark.safe_paths import inside
-from ray_jobs.recording.store import ResultStore, temp_name
+from ray_jobs.recording.owner import temp_name
+from ray_jobs.recording.store import ResultStore
 from ray_jobs.recording.tracking import Tracker
 from ray_jobs.running.background_log import BackgroundLogger
 from ray_jobs.running.scheduler import SKIPPED

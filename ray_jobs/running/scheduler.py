@@ -25,7 +25,8 @@ import ray
 from benchmark.failure import DiskFull
 from benchmark.progress import Tally
 from benchmark.redact import redact
-from ray_jobs.recording.store import DamagedUnit, ResultStore
+from ray_jobs.recording.sealing import DamagedUnit
+from ray_jobs.recording.store import ResultStore
 from ray_jobs.units import UNIT_KINDS, UnitCrashed, UnitRefused, execute
 from ray_jobs.units.base import Plan, Unit
 

@@ -18,7 +18,8 @@ from benchmark.errors import SegleakError
 from benchmark.failure import DiskFull, disk_full_at
 from benchmark.registry import ComponentRegistry
 from ray_jobs.grid.file import import_worker_components
-from ray_jobs.recording.store import DamagedUnit, ResultStore
+from ray_jobs.recording.sealing import DamagedUnit
+from ray_jobs.recording.store import ResultStore
 
 if TYPE_CHECKING:
     from ray_jobs.recording.tracking import Tracker
