@@ -17,7 +17,8 @@ in the fit unit.
 
 The LiRA evaluation protocol (`lira_protocol: true` in a grid): the online bank's K models, each in turn the
 target and the others its references, scores pooled over targets (the fit's leave-one-reference-out
-calibration, cross-fitted when tuned); a placebo (each target's membership labels permuted) and a blind
+calibration, cross-fitted when tuned); a placebo (placebo models on fresh subsets of the pool, in no bank, each
+scored as a target under a reference's recorded mask through the same leave-one-out code) and a blind
 baseline (reference 0's split of one half of the pool, predicted from the images alone by a classifier
 fitted on reference 1's split of the other half) run next to it.
 """
@@ -47,11 +48,13 @@ if TYPE_CHECKING:
 
 SEED_OFFSET = {OFFLINE: 20_000, ONLINE: 30_000}  # reference i of a bank trains with seed + offset + i
 BLIND_INDEX = 10**6  # the stream that halves the online pool for the protocol's blind baseline (no reference)
+PLACEBO_INDEX = 10**5  # the protocol's placebo model p trains on subset stream PLACEBO_INDEX + p (no reference's)
 
 # The grid's `references` block.
 REFERENCE_PARAMS: dict[str, Param] = {
     "count": Param(int, default=8, low=3, help="reference models per bank (offline, and online unless set)"),
     "online_count": Param(int, default=None, nullable=True, low=3, help="the online bank's size (null: count)"),
+    "placebo_count": Param(int, default=2, low=1, help="placebo models per online bank for the LiRA protocol's placebo"),
 }
 
 
@@ -97,6 +100,7 @@ class BankUnits:
     subsets: tuple[tuple[str, ...], ...]
     pool: tuple[str, ...]
     population: tuple[str, ...]
+    released: tuple[str, ...] = ()  # the images every reference is released on
 
 
 class BankPlanner:
@@ -106,7 +110,7 @@ class BankPlanner:
         self.builder, self.grid, self.plan = builder, builder.grid, builder.plan
 
     def _model(self, source: DataSource, manifest: Manifest, arch: str, defense: DefenseSetting, seed: int,
-               bank: str, index: int, train: list[str], pool: Sequence[str]) -> str:
+               bank: str, index: int, train: list[str], pool: Sequence[str], placebo: bool = False) -> str:
         from ray_jobs.plan import NO_DEFENSE, Unit, unit_key
 
         needs = defense.defense.needs
@@ -120,8 +124,9 @@ class BankPlanner:
             teacher=teacher,
         )
         meta = ModelMeta(dataset=source.name, arch=arch, role="reference", train_defense=defense.label, overlap="n/a",
-                         seed=seed, n_train=len(train), placebo=False, setting=manifest.setting, index=index, bank=bank)
-        label = f"reference {index} ({bank} bank) {arch} on {source.name} ({defense.label})"
+                         seed=seed, n_train=len(train), placebo=placebo, setting=manifest.setting, index=index, bank=bank)
+        role = f"protocol placebo {index - PLACEBO_INDEX}" if placebo else f"reference {index}"
+        label = f"{role} ({bank} bank) {arch} on {source.name} ({defense.label})"
         return self.plan.add(Unit("model", unit_key("model", config), config, (teacher,) if teacher else (), label, meta))
 
     def _release(self, model_key: str, source: DataSource, members: Sequence[str], ids: Sequence[str]) -> str:
@@ -153,7 +158,20 @@ class BankPlanner:
             model = self._model(source, manifest, arch, defense, seed, bank, index, train, pool)
             releases.append(self._release(model, source, train, released))
             subsets.append(tuple(train))
-        return BankUnits(tuple(releases), tuple(subsets), tuple(pool), tuple(attacker))
+        return BankUnits(tuple(releases), tuple(subsets), tuple(pool), tuple(attacker), tuple(released))
+
+    def placebos(self, source: DataSource, manifest: Manifest, arch: str, defense: DefenseSetting, seed: int,
+                 units: BankUnits) -> tuple[str, ...]:
+        """The LiRA protocol placebo's models: trained like the online references (same pool, size, recipe)
+        on subsets of their own streams (PLACEBO_INDEX + p), in no bank, released on the same images."""
+        n = subset_size(len(units.pool), len(manifest.victim.train))
+        releases = []
+        for p in range(self.grid.references["placebo_count"]):
+            train = reference_subset(units.pool, n, seed, ONLINE, PLACEBO_INDEX + p, manifest.group)
+            model = self._model(source, manifest, arch, defense, seed, ONLINE, PLACEBO_INDEX + p, train, units.pool,
+                                placebo=True)
+            releases.append(self._release(model, source, train, units.released))
+        return tuple(releases)
 
     def fit(self, attack: AttackSetting, seen: DefenseSetting, units: BankUnits, queries: Sequence[str],
             seed: int) -> str:
@@ -193,12 +211,15 @@ class BankPlanner:
 
         units = self.bank(source, manifest, meta.victim_arch, trained_with, meta.seed, ONLINE)
         fit_key = self.fit(attack, seen, units, (), meta.seed)
+        placebos = self.placebos(source, manifest, meta.victim_arch, trained_with, meta.seed, units)
         for control in ("none", "placebo"):
-            config = ProtocolConfig(fit=fit_key, dataset=source.spec, placebo=control == "placebo", seed=meta.seed)
+            chosen = list(placebos) if control == "placebo" else []
+            config = ProtocolConfig(fit=fit_key, dataset=source.spec, placebo=bool(chosen), seed=meta.seed,
+                                    placebos=chosen)
             cell_meta = replace(meta, setting=PROTOCOL_SETTING, shadow_overlap="n/a", control=control)
             label = (f"{meta.attack_label} LiRA protocol on {len(units.releases)} {meta.victim_arch} references "
-                     f"[{meta.defense_label}{', placebo' if control == 'placebo' else ''}]")
-            self.plan.add(Unit("protocol", unit_key("protocol", config), config, (fit_key,), label, cell_meta))
+                     f"[{meta.defense_label}{f', {len(chosen)} placebo models' if chosen else ''}]")
+            self.plan.add(Unit("protocol", unit_key("protocol", config), config, (fit_key, *chosen), label, cell_meta))
         # the blind classifier learns reference 1's split on one half of the pool (whole groups) and scores
         # reference 0's split on the other half: never its own training images, so its interval is honest
         half = set(reference_subset(units.pool, len(units.pool) // 2, meta.seed, ONLINE, BLIND_INDEX, manifest.group))
