@@ -108,7 +108,7 @@ def test_every_cell_is_planned_once(default_plan):
 def test_dependencies_point_to_planned_units_of_the_previous_stage(default_plan):
     _, plan = default_plan
     previous = {"release": {"model"}, "fit": {"release"}, "cell": {"fit", "release", "model"}, "model": {"model"},
-                "blind": set(), "protocol": {"fit"}, "audit": {"model", "release"}}
+                "blind": set(), "protocol": {"fit", "release"}, "audit": {"model", "release"}}
     for unit in plan.units.values():
         assert {plan.units[d].kind for d in unit.deps} <= previous[unit.kind]
     order = {u.key: i for i, u in enumerate(plan.topological())}
