@@ -9,6 +9,13 @@ The strongest attack of a cell, and the attacker's worst case over shadow overla
 chosen the way an attacker could choose them: by the AUC on the attacker's own held-out calibration images
 (`calibration_auc`), never by the victim's membership labels. Taking the maximum victim AUC instead would
 report the luckiest of many draws (under the null, the maximum of 15 AUCs on 48/100 images averages 0.59).
+
+Several seeds, and a placebo cell's several placebo models (training draws of one recipe), give one row
+whose AUC comes with an interval for the mean (`auc_pooled_ci_low/high`, benchmark.metrics.placebo.mean_interval),
+not a mean of per-seed bounds. A placebo row's verdict (`placebo_pass`) is that interval containing 0.5: it
+carries the spread between placebo models and seeds, where one model's image bootstrap (about +-0.05) did not
+and one unlucky placebo model failed every cell it fed. `placebo_families` says, per placebo model, how many of
+its cells exclude 0.5 one at a time against the 5% chance alone gives.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import math
 import pandas as pd
 
 from analysis.runs import CELL_METRICS
+from benchmark.metrics.placebo import expected_exclusions, mean_interval
 
 CELL_KEYS = (
     "setting", "dataset", "shadow_dataset", "victim_arch", "shadow_arch", "shadow_overlap",
@@ -54,16 +62,31 @@ def _aggregate_group(group: pd.DataFrame) -> dict[str, object]:
         values = done[name].dropna()
         row[f"{name}_mean"] = values.mean() if len(values) else math.nan
         row[f"{name}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-    row["placebo_pass"] = _null_check(done) if (group["control"] != "none").all() else None
+    row["n_models"] = int(len(done))
+    intervals = done.dropna(subset=["auc", "auc_ci_low", "auc_ci_high"])
+    row["auc_pooled"], row["auc_pooled_ci_low"], row["auc_pooled_ci_high"] = (
+        mean_interval(intervals["auc"], intervals["auc_ci_low"], intervals["auc_ci_high"], intervals["seed"])
+        if len(intervals) else (math.nan,) * 3)
+    placebo = (group["control"] != "none").all()
+    row["placebo_pass"] = (bool(row["auc_pooled_ci_low"] <= AUC_CHANCE <= row["auc_pooled_ci_high"])
+                           if placebo and len(intervals) else None)
     return row
 
 
-def _null_check(done: pd.DataFrame) -> bool | None:
-    """A placebo passes when every seed's AUC interval contains chance; None when there is no interval."""
-    intervals = done[["auc_ci_low", "auc_ci_high"]].dropna()
-    if intervals.empty:
-        return None
-    return bool(((intervals["auc_ci_low"] <= AUC_CHANCE) & (AUC_CHANCE <= intervals["auc_ci_high"])).all())
+def placebo_families(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per placebo model (setting, victim arch, seed, placebo model): its finished cells, how many of their
+    per-cell AUC intervals exclude 0.5, and how many chance alone would (5% each; its cells share one model
+    and its images, so they exclude together or not at all, and a count far above this is one model's luck
+    or a flaw: the pooled verdicts of `aggregate` tell which)."""
+    keys = ["setting", "dataset", "shadow_dataset", "victim_arch", "seed", "placebo_model"]
+    done = cells[(cells["control"] != "none") & (cells["status"] == "FINISHED")].dropna(subset=["auc_ci_low", "auc_ci_high"])
+    if done.empty:
+        return pd.DataFrame(columns=[*keys, "n_cells", "n_excluding", "expected_by_chance"])
+    done = done.assign(excluding=(done["auc_ci_low"] > AUC_CHANCE) | (done["auc_ci_high"] < AUC_CHANCE),
+                       placebo_model=done.get("placebo_model", 0))
+    out = done.groupby(keys, dropna=False).agg(n_cells=("excluding", "size"), n_excluding=("excluding", "sum"))
+    out["expected_by_chance"] = out["n_cells"].map(expected_exclusions)
+    return out.reset_index()
 
 
 def aggregate(cells: pd.DataFrame) -> pd.DataFrame:

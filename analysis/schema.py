@@ -39,7 +39,7 @@ def member_tag(parent_run_id: str) -> str:
 
 CELL_PARAMS = (
     "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",
-    "attack", "representation", "seed", "control", "attack_label", "defense_label",
+    "attack", "representation", "seed", "control", "attack_label", "defense_label", "placebo_model",
 )
 CELL_METRICS = (
     "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",

@@ -27,6 +27,7 @@ from ray_jobs.units.model import ModelConfig, ModelMeta
 from ray_jobs.units.release import ReleaseConfig
 
 PLAN_VERSION = 2
+PLACEBO_MODEL_SEED = 50_000  # placebo victim r > 0 of a recipe trains with seed + r * this (r = 0: the seed)
 SYNTHETIC = "synthetic"
 
 
@@ -138,15 +139,15 @@ class _Builder:
         return self._scored[id(manifest)]
 
     def model(self, source: DataSource, manifest: Manifest, role: str, arch: str, defense: DefenseSetting,
-              seed: int) -> str:
+              seed: int, replicate: int = 0) -> str:
         split = getattr(manifest, role)
         needs = defense.defense.needs
-        teacher = self.model(source, manifest, role, arch, NO_DEFENSE, seed) if "teacher" in needs else None
+        teacher = self.model(source, manifest, role, arch, NO_DEFENSE, seed, replicate) if "teacher" in needs else None
         config = ModelConfig(
             dataset=source.spec, root=source.root, arch=arch, train_ids=sorted(split.train),
             heldout_ids=sorted(split.nonmembers), train=dict(self.grid.train), defense=defense.to_json(),
             # a different seed per role keeps a shadow that happens to share data from being the victim
-            seed=seed if role == "victim" else seed + 10_000,
+            seed=(seed + replicate * PLACEBO_MODEL_SEED) if role == "victim" else seed + 10_000,
             reference_ids=sorted(manifest.pool(f"{role}_reference")) if "reference_set" in needs else [],
             teacher=teacher,
         )
@@ -156,7 +157,8 @@ class _Builder:
             overlap=manifest.overlap if role == "shadow" and manifest.setting == "dependent" else "n/a",
             seed=seed, n_train=len(split.train), placebo=placebo, setting=manifest.setting,
         )
-        label = f"{role} {arch} on {source.name} ({defense.label}{', placebo' if placebo else ''})"
+        placebo_label = f", placebo{f' {replicate}' if replicate else ''}" if placebo else ""
+        label = f"{role} {arch} on {source.name} ({defense.label}{placebo_label})"
         return self.plan.add(Unit("model", unit_key("model", config), config, (teacher,) if teacher else (), label, meta))
 
     def release(self, model_key: str, source: DataSource, manifest: Manifest, role: str) -> str:
@@ -187,7 +189,8 @@ class _Builder:
             scored_ids=sorted(members + nonmembers), seed=meta.seed, population=population,
         )
         label = (f"{meta.attack_label} vs {meta.victim_arch} on {meta.dataset} [{meta.setting}, overlap "
-                 f"{meta.shadow_overlap}, {meta.defense_label}{', placebo' if meta.control == 'placebo' else ''}]")
+                 f"{meta.shadow_overlap}, {meta.defense_label}{', placebo' if meta.control == 'placebo' else ''}"
+                 f"{f' {meta.placebo_model}' if meta.placebo_model else ''}]")
         deps = (fit_key, victim_release, victim_model, *((population,) if population else ()))
         return self.plan.add(Unit("cell", unit_key("cell", config), config, deps, label, meta))
 
@@ -205,6 +208,12 @@ class _Builder:
         label = f"blind baseline, {setting.kind} {setting.dataset} <- {setting.shadow_dataset}"
         return self.plan.add(Unit("blind", unit_key("blind", config), config, (), label, meta))
 
+    def placebo_models(self, control: str, defense: DefenseSetting) -> int:
+        """Victims per (slice, defense setting): `placebo_models` placebo victims (training draws) where the
+        recipe has no training-side defense (output defenses reuse them), one elsewhere (each costs a training)."""
+        untrained = defense.output_side or defense.name == NO_DEFENSE.name
+        return self.grid.placebo_models if control == "placebo" and untrained else 1
+
     def slice(self, setting: Setting, manifest: Manifest, seed: int, control: str) -> None:
         from ray_jobs.bank import BankPlanner
 
@@ -214,9 +223,10 @@ class _Builder:
         where = {"overlap": manifest.overlap, "setting": setting.kind, "control": control}
         for victim_arch in grid.victim_archs:
             for shadow_arch in grid.shadow_archs_for(victim_arch):
-                for defense in (d for d in grid.defenses if d.only.allows(victim_arch, **where)):
+                for defense, replicate in ((d, r) for d in grid.defenses if d.only.allows(victim_arch, **where)
+                                           for r in range(self.placebo_models(control, d))):
                     trained_with = NO_DEFENSE if defense.output_side else defense
-                    victim_model = self.model(victim_src, manifest, "victim", victim_arch, trained_with, seed)
+                    victim_model = self.model(victim_src, manifest, "victim", victim_arch, trained_with, seed, replicate)
                     victim_release = self.release(victim_model, victim_src, manifest, "victim")
                     attacks = [a for a in grid.attacks
                                if a.only.allows(victim_arch, **where, defense=defense.name, defense_label=defense.label)]
@@ -236,7 +246,7 @@ class _Builder:
                             defense=defense.name, defense_params=json.dumps(defense.params_dict, sort_keys=True),
                             defense_label=defense.label, attack=attack.name, representation=attack.representation,
                             attack_label=attack.label, seed=seed, control=control, setting=setting.kind,
-                            adaptive=grid.adaptive,
+                            adaptive=grid.adaptive, placebo_model=replicate,
                         )
                         self.plan.n_cells_requested += 1
                         if "references" not in attack.attack.requirements():

@@ -186,6 +186,7 @@ class Grid:
     blind: bool = True
     references: dict[str, Any] = field(default_factory=dict)  # the reference banks' sizes (ray_jobs.bank)
     lira_protocol: bool = False
+    placebo_models: int = 1  # placebo victims per placebo recipe without a training-side defense (ray_jobs.plan)
     audit: AuditSpec | None = None  # one-run privacy audits (ray_jobs/audit.py)
 
     def shadow_archs_for(self, victim_arch: str) -> tuple[str, ...]:
@@ -224,6 +225,8 @@ _TOP: dict[str, Param] = {
     "blind": Param(bool, default=True, help="the blind baseline and shift test of every setting"),
     "references": Param(dict, default={}, help="reference banks for LiRA, RMIA, calibrated loss: {count, online_count}"),
     "lira_protocol": Param(bool, default=False, help="the LiRA evaluation protocol on each online reference bank"),
+    "placebo_models": Param(int, default=1, low=1, help="placebo victims (training seeds) per setting and recipe "
+                            "without a training-side defense: the placebo verdict's spread between models"),
     "audit": Param(dict, default=None, nullable=True, help="one-run privacy audits (ray_jobs/audit.py)"),
 }
 
@@ -475,6 +478,7 @@ def validate(raw: Any, source: str) -> Grid:
         blind=top["blind"],
         references=check(check_params, "references", REFERENCE_PARAMS, top["references"]),
         lira_protocol=top["lira_protocol"],
+        placebo_models=top["placebo_models"],
     )
     if len(set(grid.seeds)) != len(grid.seeds) or len(set(grid.overlaps)) != len(grid.overlaps):
         raise check.fail("seeds/overlaps", "a value is listed twice")

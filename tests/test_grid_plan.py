@@ -174,3 +174,22 @@ def test_an_attack_can_be_restricted_to_some_defenses(tmp_path):
                "victim_archs": ["pspnet_tiny"], "attacks": ["loss_threshold"], "train": {"epochs": 1, "batch_size": 2, "lr": 0.1},
                "defenses": [{"name": "argmax", "only": {"defenses": ["none"]}}]}
         validate(raw, "x.yaml")
+
+
+def test_the_default_profile_trains_several_placebo_victims_per_untrained_recipe(tmp_path):
+    """`placebo_models: 3`: three placebo victims (training seeds) per setting for the recipes without a
+    training-side defense, each with its own cells; a trained defense's placebo stays one model."""
+    grid = load_grid("default")
+    plan = _plan(grid, tmp_path)
+    placebos = [u for u in plan.of_kind("model") if u.meta.role == "victim" and u.meta.placebo]
+    untrained = [u for u in placebos if u.config.defense["name"] == "none"]
+    assert grid.placebo_models == 3 and len(untrained) == 3 * len(grid.settings)
+    assert len({u.config.seed for u in untrained}) == 3
+    for setting in ("dependent", "independent"):
+        models = {u.config.train_ids == v.config.train_ids for u in untrained for v in untrained
+                  if u.meta.setting == v.meta.setting == setting}
+        assert models == {True}  # the same placebo training set, three training draws
+    assert all(sum(u.config.defense["name"] == d for u in placebos) == 1 for d in ("dp_sgd", "relaxloss"))
+    cells = [c for c in plan.of_kind("cell") if c.meta.control == "placebo" and c.meta.defense == "gaussian"]
+    assert {c.meta.placebo_model for c in cells} == {0, 1, 2}
+    assert len({c.config.victim_model for c in cells if c.meta.setting == "independent"}) == 3

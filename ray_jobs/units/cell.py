@@ -61,6 +61,7 @@ class CellMeta:
     control: str
     setting: str
     adaptive: bool
+    placebo_model: int = 0  # which placebo victim (training draw) of the recipe; 0 for every other cell
 
 
 @UNIT_KINDS.register_module()
