@@ -109,7 +109,8 @@ class ProtocolKind(CellKind):
                 metrics[name] = None
                 metrics["missing"][name] = reason
             metrics["missing"]["victim_miou"] = "LiRA protocol: the targets are the attacker's references"
-            metrics.update(victim_miou=None, calibration_auc=summary["calibration_auc"], tuned=summary.get("tuned") or {},
+            metrics.update(victim_miou=None, calibration_auc=summary["calibration_auc"],
+                           calibration_auc_low=summary.get("calibration_auc_low"), tuned=summary.get("tuned") or {},
                            n_targets=int(frame["target"].nunique()))
             with open(out / SCORES, "w", newline="") as handle:
                 writer = csv.writer(handle)
