@@ -35,6 +35,7 @@ CELL_KEYS = (
 )
 ATTACK_KEYS = ("attack", "representation", "attack_label")
 AUC_CHANCE = 0.5
+PROTOCOL = "lira_protocol"  # ray_jobs.units.protocol.PROTOCOL_SETTING (analysis imports no ray_jobs)
 SELECTION_RULE = ("strongest attack = the highest lower 95% bound of the AUC on the attacker's own held-out "
                   "calibration images (8 + 8 shadow images and hundreds of leave-one-out rows compared on what each "
                   "shows at least), never chosen with the victim's membership labels; the chosen attack's victim "
@@ -116,10 +117,27 @@ def _selection(table: pd.DataFrame) -> pd.Series:
 
 
 def _mark_strongest(table: pd.DataFrame) -> pd.DataFrame:
-    """Flag each cell's attack with the highest calibration lower bound (the attacker's data, never the victim's)."""
+    """Flag each cell's attack with the highest calibration lower bound (the attacker's data, never the victim's);
+    LiRA-protocol cells, whose calibration is the figure they report, by `protocol_crossfit`."""
     best = table[table["status"] == "ok"].assign(selection=_selection(table)).dropna(subset=["auc_mean", "selection"])
     best_index = best.groupby(list(CELL_KEYS), dropna=False)["selection"].idxmax()
-    return table.assign(strongest=table.index.isin(best_index.values))
+    table = table.assign(strongest=table.index.isin(best_index.values), auc_crossfit=math.nan)
+    return protocol_crossfit(table)
+
+
+def protocol_crossfit(table: pd.DataFrame) -> pd.DataFrame:
+    """LiRA-protocol cells choose their strongest attack cross-fitted: a protocol cell's calibration AUC is the
+    AUC it reports (the same pseudo-targets), so the attack with the best even-target AUC is flagged and read on
+    the odd targets, the best odd-target attack is read on the even ones, and `auc_crossfit` (on the flagged
+    row) is the mean of the two read-outs: no figure is chosen on the targets it is read on."""
+    protocol = table[(table["setting"] == PROTOCOL) & (table["status"] == "ok")]
+    if protocol.empty or "auc_fold_even_mean" not in table:
+        return table
+    for _, cell in protocol.dropna(subset=["auc_fold_even_mean", "auc_fold_odd_mean"]).groupby(list(CELL_KEYS), dropna=False):
+        on_even, on_odd = cell["auc_fold_even_mean"].idxmax(), cell["auc_fold_odd_mean"].idxmax()
+        table.loc[cell.index, "strongest"] = cell.index == on_even
+        table.loc[on_even, "auc_crossfit"] = (cell.at[on_even, "auc_fold_odd_mean"] + cell.at[on_odd, "auc_fold_even_mean"]) / 2
+    return table
 
 
 def comparable(table: pd.DataFrame) -> pd.DataFrame:

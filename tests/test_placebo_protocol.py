@@ -62,6 +62,7 @@ def test_protocol_placebo_models_sit_at_chance_on_correct_code(tmp_path: Path) -
     out = run_protocol(ResultStore(tmp_path))
     real, null = out[False], out[True]
     assert real["n_targets"] == K and real["auc_ci_low"] > 0.6
+    assert real["auc_fold_even"] > 0.6 and real["auc_fold_odd"] > 0.6  # what aggregate cross-fits the choice on
     assert null["n_targets"] == P and null["n_placebo_models"] == P and null["n_members"] + null["n_nonmembers"] == P * POOL
     assert _inside(null) and null["placebo_pass"] is True
     scores = (tmp_path / "protocol").glob("protocol-True*/scores.csv")

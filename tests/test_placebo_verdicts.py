@@ -55,7 +55,7 @@ def test_the_pooled_interval_covers_chance_where_the_per_model_rule_fails_famili
         new += low <= 0.5 <= high
         old += all(m["auc_ci_low"] <= 0.5 <= m["auc_ci_high"] for m in per)
     assert new / reps >= 0.9  # measured 0.96
-    assert old / reps <= 0.6  # measured 0.36: one unlucky draw of three fails the family
+    assert old / reps <= 0.4  # measured 0.26: one unlucky draw of three fails the family
 
 
 def test_aggregate_gives_one_verdict_per_family_and_a_leak_fails_it_loudly() -> None:

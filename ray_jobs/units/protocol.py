@@ -8,7 +8,8 @@ attack is tuned, so no figure is chosen on the labels it reports). Nothing here 
 
 The interval of the AUC resamples whole images (an image appears once per target, so its K scores are not
 independent). Threshold figures (balanced accuracy, precision, recall) are left out: their threshold would
-be chosen on the same pseudo-targets' labels.
+be chosen on the same pseudo-targets' labels. The AUCs of the even- and odd-index targets are recorded apart,
+so that a cell's strongest attack is chosen on one fold and read on the other (analysis.aggregate).
 
 The placebo runs placebo models through the same leave-one-reference-out code: P models trained on fresh
 subsets of the pool (in no bank), each taking reference j = p mod K's place as target j, against j's bank
@@ -43,6 +44,7 @@ from ray_jobs.units.release import load_observed
 
 PROTOCOL_SETTING = "lira_protocol"
 THRESHOLD_METRICS = ("balanced_accuracy", "precision", "recall")
+FOLD_METRICS = ("auc_fold_even", "auc_fold_odd")  # the AUC on the even- and odd-index targets
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class ProtocolKind(CellKind):
     name = "protocol"
     stage = "cell"
     config_type = ProtocolConfig
-    version = 2  # placebo models through the leave-one-out code, not permuted labels of fixed scores
+    version = 2  # placebo models through the leave-one-out code, not permuted labels of fixed scores; fold AUCs
 
     def run(self, key: str, config: ProtocolConfig, store: ResultStore, num_threads: int) -> dict[str, Any]:
         summary = store.read_unit("fit", config.fit)["summary"]
@@ -109,6 +111,13 @@ class ProtocolKind(CellKind):
                 metrics[name] = None
                 metrics["missing"][name] = reason
             metrics["missing"]["victim_miou"] = "LiRA protocol: the targets are the attacker's references"
+            # the AUC of each fold of targets (even, odd index): aggregate chooses a cell's strongest attack on
+            # one fold and reads it on the other (the choice is cross-fitted, not made on the figure reported)
+            fold = frame["target"].to_numpy() % 2
+            for name, f in zip(FOLD_METRICS, (0, 1)):
+                rows = fold == f
+                metrics[name] = (float(membership_metrics(scores[rows], member[rows], n_bootstrap=0)["auc"])
+                                 if member[rows].any() and not member[rows].all() else None)
             metrics.update(victim_miou=None, calibration_auc=summary["calibration_auc"],
                            calibration_auc_low=summary.get("calibration_auc_low"), tuned=summary.get("tuned") or {},
                            n_targets=int(frame["target"].nunique()))
