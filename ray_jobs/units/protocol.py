@@ -57,8 +57,8 @@ class ProtocolConfig:
 
 
 def placebo_frame(store: ResultStore, fit_key: str, placebos: list[str]) -> pd.DataFrame:
-    """The placebo models' leave-one-out rows (image_id, target = placebo index, labels_of = the reference
-    whose mask labels them, is_member, score), their outputs through the fit's output defense (a fresh noise
+    """The placebo models' leave-one-out rows (image_id, target = placebo index p, is_member = reference
+    p mod K's recorded mask, score), their outputs through the fit's output defense (a fresh noise
     draw each) and scored with the fit's tuned values, fold by fold, as the real targets are."""
     record = store.read_unit("fit", fit_key)
     fit, summary = FitConfig(**record["config"]), record["summary"]
@@ -76,7 +76,6 @@ def placebo_frame(store: ResultStore, fit_key: str, placebos: list[str]) -> pd.D
     rows = attack.placebo_leave_one_out(stats, masks, ids, pool, population, signals, summary.get("tuned_folds"))
     return pd.DataFrame({
         "image_id": np.tile(pool, len(rows)), "target": np.repeat([p for p, _, _ in rows], len(pool)),
-        "labels_of": np.repeat([p % len(stats) for p, _, _ in rows], len(pool)),
         "is_member": np.concatenate([m for _, _, m in rows]).astype(int),
         "score": np.concatenate([s for _, s, _ in rows])})
 
