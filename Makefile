@@ -57,14 +57,14 @@ plots: install
 cluster-test: install
 	$(PY) -m pytest -q tests/cluster $(PYTEST_ARGS)
 
-# THP as in the Ray workers (ray_jobs/runner.py), so the figures measure the allocator the grid runs with;
+# THP as in the Ray workers (ray_jobs/running/runner.py), so the figures measure the allocator the grid runs with;
 # ONLY=driver,planning (etc.) runs some sections; the driver's 100k no-op units take ~1 h on 2 busy cores
 bench: install
-	THP_MEM_ALLOC_ENABLE=1 $(PY) -m ray_jobs.perf --out $(RESULTS)/bench.json $(if $(ONLY),--only $(ONLY))
+	THP_MEM_ALLOC_ENABLE=1 $(PY) -m ray_jobs.measure.perf --out $(RESULTS)/bench.json $(if $(ONLY),--only $(ONLY))
 
 # throughput / memory / MFU of the paper archs on one GPU (<= 8 min); QUICK=1: tiny sizes on the CPU (< 2 min)
 gpu-check: install
-	$(PY) -m ray_jobs.gpu_check $(if $(filter 1 yes true,$(QUICK)),--quick) --out $(RESULTS)/gpu-check.json
+	$(PY) -m ray_jobs.measure.gpu_check $(if $(filter 1 yes true,$(QUICK)),--quick) --out $(RESULTS)/gpu-check.json
 
 docker:
 	docker build -f docker/Dockerfile -t segleak:gpu .

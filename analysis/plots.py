@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,8 @@ from analysis.matched import pareto_front
 from analysis.matched_plots import plot_matched_frontier
 from analysis.roc import write_roc_plots
 from analysis.runs import load_runs, parse_params
+from benchmark.defenses.base import Trend
+from benchmark.registry import DEFENSES
 
 MARKERS = "osD^vP*X"
 SETTING_KEYS = ["setting", "dataset", "shadow_dataset"]
@@ -133,13 +134,12 @@ def plot_overlap_heatmap(best: pd.DataFrame, out: Path) -> list[Path]:
     return save(fig, out, "heatmap_overlap_arch")
 
 
-def _trend(worst: pd.DataFrame, out: Path, defense: str, x_of: Callable[[pd.DataFrame], pd.Series],
-           title: str, xlabel: str, xscale: str, stem: str) -> list[Path]:
-    """AUC (with interval) against one defense parameter; the undefended AUC as a dotted reference."""
+def _trend(worst: pd.DataFrame, out: Path, defense: str, trend: Trend) -> list[Path]:
+    """AUC (with interval) against a defense's strength (its `trend`); the undefended AUC as a dotted reference."""
     rows = worst[worst["defense"] == defense]
-    rows = rows.assign(x=x_of(rows)).dropna(subset=["x", "auc_mean"]) if len(rows) else rows
+    rows = rows.assign(x=_trend_x(rows, trend)).dropna(subset=["x", "auc_mean"]) if len(rows) else rows
     if rows.empty:  # also a grid without cells: its table lacks the metric columns
-        return skip(stem, f"no finished {defense} cell with its parameter")
+        return skip(trend.stem, f"no finished {defense} cell with its parameter")
     fig = new_figure(7.5, 5.6)
     ax = fig.subplots()
     palette = colormaps["tab10"].colors
@@ -152,18 +152,20 @@ def _trend(worst: pd.DataFrame, out: Path, defense: str, x_of: Callable[[pd.Data
         if len(base):
             ax.axhline(base["auc_mean"].iloc[0], color=colour, ls=":", lw=1.2, label=f"{name}: undefended")
     ax.axhline(AUC_CHANCE, c="0.5", ls="--", lw=1, label="chance (0.5)")
-    ax.set(xscale=xscale, xlabel=xlabel, ylabel="Attack ROC-AUC (strongest attack)")
+    ax.set(xscale=trend.scale, xlabel=trend.axis, ylabel="Attack ROC-AUC (strongest attack)")
     ticks = sorted(rows["x"].unique())
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center")
-    ax.set_title(f"Attack AUC against {title}\n(error bars: bootstrap interval; worst-case shadow overlap)")
-    return save(fig, out, stem)
+    ax.set_title(f"Attack AUC against {trend.what}\n(error bars: bootstrap interval; worst-case shadow overlap)")
+    return save(fig, out, trend.stem)
 
 
-def _sigma(rows: pd.DataFrame) -> pd.Series:
-    return rows["defense_params"].map(lambda p: pd.to_numeric(parse_params(p).get("sigma"), errors="coerce"))
+def _trend_x(rows: pd.DataFrame, trend: Trend) -> pd.Series:
+    if trend.column:
+        return rows[trend.column]
+    return rows["defense_params"].map(lambda p: pd.to_numeric(parse_params(p).get(trend.param), errors="coerce"))
 
 
 def plot_dependent_vs_independent(worst: pd.DataFrame, out: Path) -> list[Path]:
@@ -201,10 +203,8 @@ def write_plots(tracking_uri: str, experiment: str | None, out: Path, parent_run
         *plot_frontier(worst, out),
         *plot_matched_frontier(worst, out),
         *plot_overlap_heatmap(strongest(table), out),
-        *_trend(worst, out, "gaussian", _sigma, "the Gaussian output noise",
-                "Gaussian noise σ (std of the noise added to each posterior value)", "linear", "auc_vs_gaussian_sigma"),
-        *_trend(worst, out, "dp_sgd", lambda f: f["dp_epsilon_mean"], "the DP-SGD privacy budget",
-                "DP-SGD privacy budget ε (log scale; mean over seeds)", "log", "auc_vs_dp_epsilon"),
+        *(path for name in DEFENSES.names() if DEFENSES.lookup(name).trend
+          for path in _trend(worst, out, name, DEFENSES.lookup(name).trend)),
         *plot_dependent_vs_independent(worst, out),
         *plot_audit(runs.audits, out),
     ]

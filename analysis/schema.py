@@ -1,5 +1,5 @@
 """The MLflow schema (the project's contract, README 'Results and the MLflow UI'): run kinds, tag, param and metric names, in one place for the
-writer (ray_jobs.tracking and the unit kinds) and the reader (analysis.runs)."""
+writer (ray_jobs.recording.tracking and the unit kinds) and the reader (analysis.runs)."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 from benchmark.errors import SegleakError
 from benchmark.paths import DEFAULT_RESULTS, default_tracking_uri
 
-DATASET_HELP = ("a registered dataset: cityscapes, bdd100k, mapillary, or generic (mmseg's img_dir/ann_dir "
-                "layout; give its classes with --option 'classes=[a, b]')")
+DATASET_HELP = ("a registered dataset (`segleak list datasets`), e.g. generic: mmseg's img_dir/ann_dir layout, "
+                "its classes given with --option 'classes=[a, b]'")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -76,7 +76,7 @@ def _report_dir(args: argparse.Namespace, name: str) -> Path:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from ray_jobs.runner import run_benchmark
+    from ray_jobs.running.runner import run_benchmark
 
     summary = run_benchmark(
         profile=args.profile,
@@ -115,10 +115,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
-    from benchmark.data.prepare import prepare_cityscapes
+    from benchmark.data.adapters import get_adapter
 
-    written = prepare_cityscapes(Path(args.root))
-    print(f"wrote {written} trainId label files under {args.root}")
+    written = get_adapter(_dataset_spec(args.dataset, None)).prepare(Path(args.root))
+    print(f"wrote {written} label files under {args.root}")
     return 0
 
 
@@ -257,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--root", required=True)
     _add_options(check)
     check.set_defaults(handler=_cmd_data_check)
-    prepare = data_sub.add_parser("prepare", help="official Cityscapes download -> trainId labels")
-    prepare.add_argument("--dataset", choices=("cityscapes",), required=True)
+    prepare = data_sub.add_parser("prepare", help="an official download's labels -> the files segleak reads "
+                                                  "(Cityscapes: trainIds)")
+    prepare.add_argument("--dataset", required=True, help=DATASET_HELP)
     prepare.add_argument("--root", required=True)
     prepare.set_defaults(handler=_cmd_data_prepare)
 

@@ -15,11 +15,12 @@ import yaml
 from benchmark.data.adapters import get_adapter
 from benchmark.defenses import build_defense
 from benchmark.models.train import TrainConfig, train_model
-from ray_jobs.plan import Plan, build_plan
-from ray_jobs.sources import make_manifests, prepare_sources
-from ray_jobs.spec import load_grid
-from ray_jobs.store import ResultStore
+from ray_jobs.grid.plan import build_plan
+from ray_jobs.grid.sources import make_manifests, prepare_sources
+from ray_jobs.grid.spec import load_grid
+from ray_jobs.recording.store import ResultStore
 from ray_jobs.units import execute
+from ray_jobs.units.base import Plan
 
 pytestmark = pytest.mark.slow
 

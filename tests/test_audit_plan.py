@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from benchmark.errors import SegleakError
-from ray_jobs.spec import load_grid
 from test_audit_pipeline import GRID
 from test_grid_plan import _plan
+
+from benchmark.errors import SegleakError
+from ray_jobs.grid.spec import load_grid
 
 
 def _grid(tmp_path: Path, **changes) -> Path:

@@ -1,4 +1,4 @@
-"""MLflow logging in a child process (ray_jobs.background_log): the same runs as logging in the driver, errors
+"""MLflow logging in a child process (ray_jobs.running.background_log): the same runs as logging in the driver, errors
 handed back to the driver (a damaged cell is still recomputed), a dead child one clear error."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from mlflow.tracking import MlflowClient
 
 from analysis import schema
 from benchmark.errors import SegleakError
-from ray_jobs.plan import Plan, Unit
-from ray_jobs.reporting import Reporter
-from ray_jobs.store import DamagedUnit, ResultStore
-from ray_jobs.tracking import Tracker
-from ray_jobs.units.cell import SCORES, CellConfig, CellMeta
-from ray_jobs.units.model import ModelConfig, ModelMeta
+from ray_jobs.recording.store import DamagedUnit, ResultStore
+from ray_jobs.recording.tracking import Tracker
+from ray_jobs.running.reporting import Reporter
+from ray_jobs.units.base import Plan, Unit
+from ray_jobs.units.kinds.cell import SCORES, CellConfig, CellMeta
+from ray_jobs.units.kinds.model import ModelConfig, ModelMeta
 
 
 def _model(seed: int) -> Unit:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ray_jobs.bank import OFFLINE, ONLINE, reference_subset
+from ray_jobs.grid.bank import OFFLINE, ONLINE, reference_subset
 
 # a pool of mixed group sizes: 30 single frames, 10 pairs, 6 drives of 5, 3 of 9 and 2 of 14 (135 images)
 SIZES = [1] * 30 + [2] * 10 + [5] * 6 + [9] * 3 + [14] * 2

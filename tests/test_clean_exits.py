@@ -20,8 +20,8 @@ import pytest
 from benchmark.cli import main
 from benchmark.failure import one_line
 from benchmark.signals import Stopped, rearm, stop_on_signals
-from ray_jobs.ray_session import MARK, mark_session, sweep_sessions
-from ray_jobs.store import HOST_ID, _process_start
+from ray_jobs.recording.store import HOST_ID, _process_start
+from ray_jobs.running.ray_session import MARK, mark_session, sweep_sessions
 
 
 def test_sigterm_and_sighup_raise_stopped_and_the_handlers_come_back():
@@ -111,11 +111,11 @@ def _fill(folder: Path, leave_bytes: int) -> Path:
 
 
 def test_a_full_disk_leaves_the_previous_report_whole_and_says_so_in_one_line(small_disk, tmp_path):
-    from ray_jobs.plan import Plan
-    from ray_jobs.reporting import Reporter, Summary
-    from ray_jobs.spec import load_grid
-    from ray_jobs.store import ResultStore
-    from ray_jobs.tracking import Tracker
+    from ray_jobs.grid.spec import load_grid
+    from ray_jobs.recording.store import ResultStore
+    from ray_jobs.recording.tracking import Tracker
+    from ray_jobs.running.reporting import Reporter, Summary
+    from ray_jobs.units.base import Plan
 
     grid = load_grid("smoke", None)
     store = ResultStore(small_disk)

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from benchmark.registry import ATTACKS, DATASETS, DEFENSES
-from ray_jobs.perf.planning import fake_sources
-from ray_jobs.plan import build_plan
-from ray_jobs.sources import make_manifests
-from ray_jobs.spec import load_grid
-from ray_jobs.store import ResultStore
+from ray_jobs.grid.plan import build_plan
+from ray_jobs.grid.sources import make_manifests
+from ray_jobs.grid.spec import load_grid
+from ray_jobs.measure.perf.planning import fake_sources
+from ray_jobs.recording.store import ResultStore
 from ray_jobs.units.base import UNIT_KINDS
 
 

@@ -224,10 +224,10 @@ def test_paper_recipe_sizes(monkeypatch):
 def test_the_runner_draws_the_paper_profiles_dependent_victim_from_train_only(monkeypatch, tmp_path):
     """Issue 12: the function the benchmark calls (not only `segleak splits`) follows the paper's recipe."""
     _fake_cityscapes(monkeypatch)
-    from ray_jobs.plan import DataSource
-    from ray_jobs.sources import make_manifests
-    from ray_jobs.spec import load_grid
-    from ray_jobs.store import ResultStore
+    from ray_jobs.grid.sources import DataSource
+    from ray_jobs.grid.sources import make_manifests
+    from ray_jobs.grid.spec import load_grid
+    from ray_jobs.recording.store import ResultStore
     from benchmark.data.adapters import get_adapter
     from benchmark.data.splits import image_index
 

@@ -11,9 +11,8 @@ import re
 import pytest
 
 from benchmark.errors import SegleakError
-from ray_jobs import estimate as estimate_module
-from ray_jobs.estimate import MEASURED, GpuCheck, _Estimator, estimate_plan, format_estimate, load_gpu_check
-from ray_jobs.spec import load_grid
+from ray_jobs.grid import estimate as estimate_module
+from ray_jobs.grid.estimate import MEASURED, GpuCheck, _Estimator, estimate_plan, format_estimate, load_gpu_check
 
 SIZES = {"cityscapes": (2975, 500), "bdd100k": (7000, 1000), "mapillary": (18000, 2000)}  # train, val
 TRAIN, RELEASE, DP, ATTACK = 100.0, 1000.0, 10.0, 500.0  # the fake device's images per second
@@ -53,7 +52,7 @@ def _gpu_check(rate: float = 1.0) -> dict:
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory):
     """The paper profile's dry run with the fake device: (printed output, the plan it estimated, the grid)."""
-    from ray_jobs.runner import run_benchmark
+    from ray_jobs.running.runner import run_benchmark
 
     monkeypatch = pytest.MonkeyPatch()
     _fake_index(monkeypatch)
@@ -66,7 +65,7 @@ def paper(tmp_path_factory):
         return estimate_plan(plan, grid, check)
 
     monkeypatch.setattr(estimate_module, "estimate_plan", recording)
-    monkeypatch.setattr("ray_jobs.runner.check_images", lambda plan, store: None)  # the fake index has no files
+    monkeypatch.setattr("ray_jobs.running.runner.check_images", lambda plan, store: None)  # the fake index has no files
     out = io.StringIO()
     try:
         summary = run_benchmark(profile="paper", results=str(tmp / "results"), dry_run=True,

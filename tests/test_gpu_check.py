@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.gpu.measure import FLOP_NOTE, bf16_peak
+from ray_jobs.measure.gpu.measure import FLOP_NOTE, bf16_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("pspnet_tiny", "upernet_tiny", "deeplabv3plus_tiny", "segformer_tiny")
@@ -25,7 +25,7 @@ LARGEST_ONLY = ("train_channels_last", "train_compile_channels_last", "train_com
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("QUICK", None)
-    return subprocess.run([sys.executable, "-m", "ray_jobs.gpu_check", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "ray_jobs.measure.gpu_check", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_grid_plan import _plan  # the plan of a grid on an index of fake ids
 
 from benchmark.errors import SegleakError
-from ray_jobs.bank import OFFLINE, ONLINE, reference_subset, subset_size
-from ray_jobs.spec import PROFILES_DIR, load_grid
-from test_grid_plan import _plan  # the plan of a grid on an index of fake ids
+from ray_jobs.grid.bank import OFFLINE, ONLINE, reference_subset, subset_size
+from ray_jobs.grid.spec import PROFILES_DIR, load_grid
 
 REFERENCE_ATTACKS = [
     {"name": "lira", "variant": ["offline", "online"], "tune": {"variance": ["global", "per_example"]}},

@@ -11,10 +11,10 @@ import yaml
 
 from benchmark.data.splits import ImageIndex
 from benchmark.errors import SegleakError
-from ray_jobs.plan import DataSource, build_plan
-from ray_jobs.sources import make_manifests
-from ray_jobs.spec import PROFILES_DIR, load_grid
-from ray_jobs.store import ResultStore
+from ray_jobs.grid.plan import build_plan
+from ray_jobs.grid.sources import DataSource, make_manifests
+from ray_jobs.grid.spec import PROFILES_DIR, load_grid
+from ray_jobs.recording.store import ResultStore
 
 REFERENCE_DEFENSES = [{"name": "distillation", "temperature": 2.0}, {"name": "adv_reg", "weight": 1.0}]
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ray_jobs.spec import PROFILES_DIR
-from ray_jobs.store import ResultStore
+from ray_jobs.grid.spec import PROFILES_DIR
+from ray_jobs.recording.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,8 @@ def start(results: Path) -> subprocess.Popen:
 
 
 def sessions_of(driver: subprocess.Popen) -> list[Path]:
-    """The Ray session folders the driver marked as its own (ray_jobs.ray_session)."""
-    from ray_jobs.ray_session import MARK, ray_temp_dir
+    """The Ray session folders the driver marked as its own (ray_jobs.running.ray_session)."""
+    from ray_jobs.running.ray_session import MARK, ray_temp_dir
 
     return [s for s in ray_temp_dir().glob("session_*")
             if not s.is_symlink() and (s / MARK).is_file() and json.loads((s / MARK).read_text())["pid"] == driver.pid]
@@ -183,7 +183,7 @@ def test_second_invocation_recomputes_nothing(smoke):
 
 
 def test_killed_run_resumes_and_trains_every_model_once(tmp_path):
-    from ray_jobs.ray_session import holders
+    from ray_jobs.running.ray_session import holders
 
     results = tmp_path / "killed"
     driver = start(results)
@@ -213,7 +213,7 @@ def test_killed_run_resumes_and_trains_every_model_once(tmp_path):
 
 
 def test_sigterm_stops_the_run_like_ctrl_c(tmp_path):
-    from ray_jobs.ray_session import holders
+    from ray_jobs.running.ray_session import holders
 
     results = tmp_path / "terminated"
     driver = start(results)

@@ -15,8 +15,8 @@ import yaml
 
 from benchmark.errors import SegleakError
 from benchmark.registry import ATTACKS
-from ray_jobs.grid_file import IMPORTS_ENV, PROFILES_DIR, read_grid
-from ray_jobs.spec import load_grid
+from ray_jobs.grid.file import IMPORTS_ENV, PROFILES_DIR, read_grid
+from ray_jobs.grid.spec import load_grid
 
 
 def _write(path: Path, data) -> Path:
@@ -83,7 +83,7 @@ def test_custom_imports_register_a_users_attack_for_the_grid_and_its_workers(tmp
         shipped = json.loads(os.environ[IMPORTS_ENV])
         assert shipped["modules"] == ["my_attacks"] and str(tmp_path.resolve()) in shipped["paths"]
         # a fresh process (as a Ray worker is) with the shipped environment knows the attack too
-        probe = ("from ray_jobs.grid_file import import_worker_components; import_worker_components(); "
+        probe = ("from ray_jobs.grid.file import import_worker_components; import_worker_components(); "
                  "from benchmark.registry import ATTACKS; print('my_loss' in ATTACKS.names())")
         out = subprocess.run([sys.executable, "-c", probe], env={**os.environ}, capture_output=True, text=True,
                              cwd="/", timeout=120)

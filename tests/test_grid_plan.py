@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 
 from benchmark.data.splits import ImageIndex
-from ray_jobs.plan import DataSource, build_plan
-from ray_jobs.sources import make_manifests
-from ray_jobs.spec import load_grid
-from ray_jobs.store import ResultStore
+from ray_jobs.grid.plan import build_plan
+from ray_jobs.grid.sources import DataSource, make_manifests
+from ray_jobs.grid.spec import load_grid
+from ray_jobs.recording.store import ResultStore
 
 
 def _sources(n_train: int = 400, n_val: int = 200) -> dict[str, DataSource]:
@@ -151,7 +151,7 @@ def test_manifests_are_written_next_to_their_digest(tmp_path):
 def test_only_restricts_an_entry_to_some_archs_overlaps_settings_and_controls(tmp_path):
     grid = load_grid("extended")
     base = dataclasses.replace(grid, defenses=grid.defenses[:1], attacks=grid.attacks[-1:])
-    from ray_jobs.spec import DefenseSetting, Only
+    from ray_jobs.grid.entries import DefenseSetting, Only
 
     dp = DefenseSetting("dp_sgd", (("max_grad_norm", 1.0), ("noise_multiplier", 1.0)),
                         Only(victim_archs=(grid.victim_archs[0],), overlaps=(0.0,), settings=("dependent",),
@@ -168,7 +168,7 @@ def test_an_attack_can_be_restricted_to_some_defenses(tmp_path):
     concat = {(c.meta.defense, c.meta.setting) for c in plan.of_kind("cell") if c.meta.attack_label == "patch/concat"}
     assert concat == {("none", "dependent")}
     with pytest.raises(Exception, match="only an attack entry can name"):
-        from ray_jobs.spec import validate
+        from ray_jobs.grid.spec import validate
 
         raw = {"name": "x", "datasets": {"cityscapes": {"root": "synthetic"}}, "settings": [{"dataset": "cityscapes"}],
                "victim_archs": ["pspnet_tiny"], "attacks": ["loss_threshold"], "train": {"epochs": 1, "batch_size": 2, "lr": 0.1},

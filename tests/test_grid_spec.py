@@ -9,7 +9,7 @@ import yaml
 
 from benchmark.cli import main
 from benchmark.errors import SegleakError
-from ray_jobs.spec import PROFILES_DIR, load_grid
+from ray_jobs.grid.spec import PROFILES_DIR, load_grid
 
 
 @pytest.mark.parametrize("profile", ["smoke", "default", "extended", "paper"])

@@ -5,7 +5,6 @@ installed, the page as a browser renders and runs it."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from test_analysis_matched import _row
 
 from analysis.matched import leakage_at, pareto_front
-from test_analysis_matched import _row
 
 TARGET = 0.40
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from benchmark.attacks.features import concatenation, structured_loss_map
-from ray_jobs.perf import cli, features, planning
-from ray_jobs.perf.common import IGNORE
+from ray_jobs.measure.perf import cli, features, planning
+from ray_jobs.measure.perf.common import IGNORE
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -33,12 +33,12 @@ def test_default_plan_shares_models():
 
 
 def test_help():
-    done = subprocess.run([sys.executable, "-m", "ray_jobs.perf", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "ray_jobs.measure.perf", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--quick" in done.stdout and "--out" in done.stdout and "--only" in done.stdout
 
 
 def test_unknown_section_is_one_clear_line():
-    done = subprocess.run([sys.executable, "-m", "ray_jobs.perf", "--only", "features,nope"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "ray_jobs.measure.perf", "--only", "features,nope"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "unknown section 'nope'" in done.stderr and "driver" in done.stderr
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_attacks_reference import simulated_bank
+from test_units_reference import DATASET, _model, _release, fit_config, run_fit
 
 from benchmark.attacks.reference import Bank, ReferenceAttack
 from benchmark.errors import SegleakError
 from benchmark.metrics import membership_metrics
-from ray_jobs.store import ResultStore
-from ray_jobs.units.protocol import ProtocolConfig, ProtocolKind
-from test_attacks_reference import simulated_bank
-from test_units_reference import DATASET, _model, _release, fit_config, run_fit
+from ray_jobs.recording.store import ResultStore
+from ray_jobs.units.kinds.protocol import ProtocolConfig, ProtocolKind
 
 K, P, POOL, SIGNAL = 8, 4, 60, 0.3
 

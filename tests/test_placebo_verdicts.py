@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from test_placebo_family import N0, N1, placebo_models
 
 from analysis.aggregate import aggregate, placebo_families
 from analysis.runs import CELL_METRICS
 from benchmark.errors import SegleakError
 from benchmark.metrics import membership_metrics
 from benchmark.metrics.placebo import mean_interval
-from test_placebo_family import N0, N1, placebo_models
 
 CELL = {"setting": "independent", "dataset": "cityscapes", "shadow_dataset": "bdd100k", "victim_arch": "pspnet_tiny",
         "shadow_arch": "pspnet_tiny", "shadow_overlap": float("nan"), "defense": "none", "defense_params": "{}",

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass
 
 import pytest
 
-from ray_jobs.perf import driver
-from ray_jobs.perf.planning import fake_sources
-from ray_jobs.plan import PLAN_VERSION, build_plan, unit_key
-from ray_jobs.sources import make_manifests
-from ray_jobs.spec import load_grid
-from ray_jobs.store import ResultStore
-from ray_jobs.units.base import code_versions, config_json
+from ray_jobs.grid.plan import build_plan
+from ray_jobs.grid.sources import make_manifests
+from ray_jobs.grid.spec import load_grid
+from ray_jobs.measure.perf import driver
+from ray_jobs.measure.perf.planning import fake_sources
+from ray_jobs.recording.store import ResultStore
+from ray_jobs.units.base import PLAN_VERSION, code_versions, config_json, unit_key
 
 
 def _key_before(kind: str, config) -> str:
@@ -43,7 +43,7 @@ def test_keys_and_task_arguments_are_those_of_deep_copied_configs(profile, tmp_p
 
 
 def test_config_json_turns_a_nested_dataclass_into_a_dict_as_asdict_does():
-    from ray_jobs.units.noop import NoopConfig, NoopMeta
+    from ray_jobs.units.kinds.noop import NoopConfig, NoopMeta
 
     @dataclass(frozen=True)
     class Outer:
@@ -76,7 +76,7 @@ def test_a_noop_plan_runs_through_the_real_scheduler_store_ledger_and_mlflow(tmp
     import ray
     from mlflow.tracking import MlflowClient
 
-    from ray_jobs.runner import init_ray
+    from ray_jobs.running.runner import init_ray
 
     init_ray(None, 2, ResultStore(tmp_path))
     try:

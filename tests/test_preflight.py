@@ -19,12 +19,13 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.errors import SegleakError
-from ray_jobs.plan import Plan, Unit, build_plan
-from ray_jobs.preflight import _images, check_images, check_resources, check_tracking, cluster_capacity
-from ray_jobs.runner import run_benchmark
-from ray_jobs.sources import make_manifests, prepare_sources
-from ray_jobs.spec import PROFILES_DIR, load_grid
-from ray_jobs.store import ResultStore
+from ray_jobs.grid.plan import build_plan
+from ray_jobs.grid.sources import make_manifests, prepare_sources
+from ray_jobs.grid.spec import PROFILES_DIR, load_grid
+from ray_jobs.recording.store import ResultStore
+from ray_jobs.running.preflight import _images, check_images, check_resources, check_tracking, cluster_capacity
+from ray_jobs.running.runner import run_benchmark
+from ray_jobs.units.base import Plan, Unit
 
 
 @pytest.fixture(scope="module")

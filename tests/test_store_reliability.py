@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from benchmark.errors import SegleakError
-from ray_jobs.store import (DAMAGED, DAMAGED_NOTE, HOST_ID, LOCK_PREFIX, MARKER, TEMP_PREFIX, DamagedUnit,
-                            ResultStore, current_owner)
+from ray_jobs.recording.store import (DAMAGED, DAMAGED_NOTE, HOST_ID, LOCK_PREFIX, MARKER, TEMP_PREFIX, DamagedUnit,
+                                      ResultStore, current_owner)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_two_writers_of_one_unit_compute_it_once_the_other_waits_and_reads_it(tm
 
 HOLDER = """
 import sys, time
-from ray_jobs.store import ResultStore
+from ray_jobs.recording.store import ResultStore
 store = ResultStore(sys.argv[1])
 with store.claim("model", "m1") as mine:
     assert mine
@@ -352,9 +352,9 @@ class _FakeCell(_FakeKind):
 def run_grid(monkeypatch, tmp_path):
     import torch
 
-    from ray_jobs import scheduler as scheduler_module
-    from ray_jobs.plan import Plan, Unit
+    from ray_jobs.running import scheduler as scheduler_module
     from ray_jobs.units import UNIT_KINDS
+    from ray_jobs.units.base import Plan, Unit
 
     monkeypatch.setattr(scheduler_module, "ray", _InlineRay)
     UNIT_KINDS.names()  # the real kinds are imported first, then replaced for this test

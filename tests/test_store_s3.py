@@ -18,10 +18,10 @@ from moto.server import ThreadedMotoServer
 from test_grid_e2e import segleak  # the CLI in a subprocess, as a user runs it
 
 from analysis.schema import member_tag
-from benchmark.errors import SegleakError
+from benchmark.data.roots import local_data_root, synthetic_root
 from benchmark.data.synth import SynthSpec
-from ray_jobs.plan import local_data_root, synthetic_root
-from ray_jobs.store import DAMAGED, LOCK_PREFIX, MARKER, DamagedUnit, ResultStore
+from benchmark.errors import SegleakError
+from ray_jobs.recording.store import DAMAGED, LOCK_PREFIX, MARKER, DamagedUnit, ResultStore
 
 
 def _free_port() -> int:

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from analysis import schema
 from analysis.report import write_report
 from analysis.runs import load_runs
-from ray_jobs.store import HOST_ID, _process_start
-from ray_jobs.tracking import Tracker
+from ray_jobs.recording.store import HOST_ID, _process_start
+from ray_jobs.recording.tracking import Tracker
 
 CELL = {"dataset": "cityscapes", "victim_arch": "pspnet", "shadow_dataset": "cityscapes", "shadow_arch": "pspnet",
         "shadow_overlap": 0.0, "defense": "none", "defense_params": "{}", "attack": "loss_threshold",
@@ -136,7 +136,7 @@ def test_the_report_of_an_invocation_without_cells_is_written(uri, results, tmp_
 RACE = """
 import sys, time
 from pathlib import Path
-from ray_jobs.tracking import Tracker
+from ray_jobs.recording.tracking import Tracker
 Path(sys.argv[3]).touch()  # imported: ready to start at the same moment as the other process
 go = Path(sys.argv[2])
 while not go.exists():

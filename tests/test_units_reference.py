@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_attacks_reference import simulated_bank  # a simulated bank and target with known membership
 
 from benchmark.attacks.base import Observed
 from benchmark.errors import SegleakError
 from benchmark.models.release import save_released
-from ray_jobs.store import ResultStore
-from ray_jobs.units.cell import CellConfig, CellKind
-from ray_jobs.units.fit import FitConfig, FitKind
-from ray_jobs.units.protocol import ProtocolConfig, ProtocolKind
-from ray_jobs.units.release import OUTPUTS
-from test_attacks_reference import simulated_bank  # a simulated bank and target with known membership
+from ray_jobs.recording.store import ResultStore
+from ray_jobs.units.kinds.cell import CellConfig, CellKind
+from ray_jobs.units.kinds.fit import FitConfig, FitKind
+from ray_jobs.units.kinds.protocol import ProtocolConfig, ProtocolKind
+from ray_jobs.units.kinds.release import OUTPUTS
 
 DATASET = {"type": "bdd100k"}  # its ids are their own groups
 NONE = {"name": "none", "params": {}}

@@ -17,6 +17,7 @@ import numpy as np
 
 from benchmark.errors import SegleakError
 from benchmark.models.release import Released
+from benchmark.needs import SHADOW
 from benchmark.params import Param, check_params
 
 
@@ -74,7 +75,7 @@ class Attack:
     version: ClassVar[int] = 1  # bump when its scores would change: its fits and cells are recomputed
     params: ClassVar[dict[str, Param]] = {}
     order: ClassVar[int] = 1000  # display order in the report
-    needs: ClassVar[frozenset[str]] = frozenset({"shadow"})  # what the plan provides: shadow, references, ...
+    needs: ClassVar[frozenset[str]] = frozenset({SHADOW})  # what the plan provides (benchmark.needs)
     label_param: ClassVar[str | None] = None  # the parameter shown in the label ("patch/slm")
     uses_attack_train: ClassVar[bool] = False  # reads the grid's `attack_train` block (training settings)
     tunable: ClassVar[tuple[str, ...]] = ()  # parameters (or attack_train keys) a grid may tune with Ray Tune
@@ -136,7 +137,7 @@ class Attack:
         state = self.fit(fit_data, out, seed)
         return Fitted(state, self.score(state, out, calibration, seed + 1), calibration.is_member)
 
-    # --- tuning (ray_jobs.tuning runs the trials) ---------------------------------------------------------
+    # --- tuning (ray_jobs.running.tuning runs the trials) ---------------------------------------------------------
     def tuning_data(self, data: AttackerData, seed: int, calibration_fraction: float) -> Any:
         """What every tuning trial reads: the fitting part of the shadow's data only, so the held-out
         calibration images that rank the attacks never shape a tuned value."""

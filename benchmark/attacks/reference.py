@@ -9,7 +9,7 @@ online ones.
 Calibration is leave-one-reference-out (Carlini et al.'s evaluation protocol): each reference in turn is the
 pseudo-target, the other K-1 are its bank, and it is scored on the bank's pool, whose membership it knows;
 scores are pooled over pseudo-targets. That is the attacker's own data, never the victim's membership. When
-a hyper-parameter is tuned (ray_jobs.tuning), the pseudo-targets are split into two folds (even, odd index)
+a hyper-parameter is tuned (ray_jobs.running.tuning), the pseudo-targets are split into two folds (even, odd index)
 and each fold is scored with the values tuned on the other, so the calibration figures and the LiRA protocol
 cells carry no selection bias; the victim is scored with the values tuned on all pseudo-targets.
 """
@@ -28,6 +28,7 @@ from benchmark.attacks.signals import group_signals
 from benchmark.errors import SegleakError
 from benchmark.metrics.membership import membership_metrics
 from benchmark.models.release import Released
+from benchmark.needs import ONLINE_REFERENCES, POPULATION, REFERENCES
 
 BANK_FILE = "bank.npz"
 CALIBRATION_FILE = "calibration.csv"
@@ -141,7 +142,7 @@ def positions(ids: list[str], wanted: list[str], what: str) -> np.ndarray:
 
 
 OFFLINE, ONLINE = "offline", "online"
-VARIANTS = (OFFLINE, ONLINE)  # which bank a variant reads (ray_jobs.bank trains both)
+VARIANTS = (OFFLINE, ONLINE)  # which bank a variant reads (ray_jobs.grid.bank trains both)
 
 
 class ReferenceAttack(Attack):
@@ -149,7 +150,7 @@ class ReferenceAttack(Attack):
     `bank_scores`; `variant` (a parameter of LiRA and dense LiRA) chooses the bank: offline (references never
     trained on a victim query image) or online (references trained on halves of the query set too)."""
 
-    needs = frozenset({"references"})
+    needs = frozenset({REFERENCES})
     kind: ClassVar[str] = "logit"
     uses_population: ClassVar[bool] = False
     tune_folds = ("all", *FOLDS)
@@ -159,8 +160,8 @@ class ReferenceAttack(Attack):
         return self.values.get("variant") == ONLINE
 
     def requirements(self) -> frozenset[str]:
-        return (self.needs | ({"online_references"} if self.online else set())
-                | ({"population"} if self.uses_population else set()))
+        return (self.needs | ({ONLINE_REFERENCES} if self.online else set())
+                | ({POPULATION} if self.uses_population else set()))
 
     @property
     def representation(self) -> str:

@@ -6,7 +6,7 @@ of the classes, so no pixel keeps its class and the map keeps the scene's layout
 labelled pixel set to one seeded class that the image does not contain). The crafted maps are computed when
 the label is read (`benchmark/data/datasets/canary_view.py`), from the canary's id and a seed, so no second
 copy of the data is written. `masked` (every pixel ignored) is not a kind: it makes an excluded canary inert
-in a training set whose size must not depend on the inclusion draw (see `ray_jobs/audit.py`).
+in a training set whose size must not depend on the inclusion draw (see `ray_jobs/grid/audit.py`).
 """
 
 from __future__ import annotations

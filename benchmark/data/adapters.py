@@ -108,6 +108,14 @@ class DatasetAdapter:
         """Stem -> label path for every label of the split (paired or not)."""
         return self._files(self.label_dir(root, split), self.label_suffix)
 
+    def unprepared_labels(self, root: Path, split: str) -> bool:
+        """Labels exist only in the official download's form, which `segleak data prepare` converts."""
+        return False
+
+    def prepare(self, root: Path) -> int:
+        """Convert an official download's labels into the files this adapter reads; returns how many it wrote."""
+        raise SegleakError(f"dataset {self.name!r} has no preparation step: its labels are read as they are")
+
     def missing_dirs(self, root: Path, splits: tuple[str, ...] | None = None) -> list[Path]:
         """Expected folders of these splits (default: all) that are absent under `root`."""
         folders = [f for s in splits or self.splits for f in (self.image_dir(root, s), self.label_dir(root, s))]

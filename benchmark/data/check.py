@@ -98,8 +98,8 @@ def check_dataset(dataset: str | dict, root: Path) -> CheckReport:
     pairs = []
     for split in adapter.splits:
         images, labels = adapter.image_files(root, split), adapter.label_files(root, split)
-        if adapter.name == "cityscapes" and not labels and any(adapter.label_dir(root, split).glob("*/*_labelIds.png")):
-            report.add("no_trainids", adapter.label_dir(root, split), ": run `segleak data prepare --dataset cityscapes`")
+        if not labels and adapter.unprepared_labels(root, split):
+            report.add("no_trainids", adapter.label_dir(root, split), f": run `segleak data prepare --dataset {adapter.name}`")
         else:
             for stem in sorted(images.keys() - labels.keys()):
                 report.add("missing_label", images[stem])

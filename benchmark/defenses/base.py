@@ -8,6 +8,7 @@ module call, so a new defense never adds a field to a shared recipe or a branch 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -24,6 +25,19 @@ if TYPE_CHECKING:
 LOG_FLOOR = math.log(1e-30)
 
 
+@dataclass(frozen=True)
+class Trend:
+    """A report figure of leakage against a defense's strength: its x is one of the defense's parameters
+    (`param`) or a column of the report's table (`column`, e.g. the accountant's epsilon)."""
+
+    stem: str  # the figure's file name
+    what: str  # "Attack AUC against <what>"
+    axis: str  # the x-axis label
+    scale: str = "linear"
+    param: str | None = None
+    column: str | None = None
+
+
 class Defense:
     """A defense with validated parameter values; subclasses declare `name`, `params` and their side."""
 
@@ -33,8 +47,10 @@ class Defense:
     params: ClassVar[dict[str, Param]] = {}
     random: ClassVar[bool] = False  # draws noise: applied with a seeded generator
     order: ClassVar[int] = 1000  # position in the report's columns (output defenses first)
-    needs: ClassVar[frozenset[str]] = frozenset()  # extra training inputs: "reference_set", "teacher"
+    needs: ClassVar[frozenset[str]] = frozenset()  # extra training inputs (benchmark.needs.TRAINING_NEEDS)
     example: ClassVar[dict[str, Any]] = {}  # valid parameters, for the docs and the contract tests
+    trend: ClassVar[Trend | None] = None  # the report plots leakage against its strength
+    gpu_phase: ClassVar[str | None] = None  # the gpu-check phase its training runs at (None: the plain one)
 
     def __init__(self, **values: Any) -> None:
         self.values = check_params(f"defense {self.name!r}", self.params, values)

@@ -28,6 +28,7 @@ from benchmark.models import dp
 from benchmark.models.builder import build_segmentor
 from benchmark.models.data import SegmentationDataModule
 from benchmark.models.lightning_module import OPTIMIZERS, SegmentationModule
+from benchmark.needs import REFERENCE_SET, TEACHER
 from benchmark.params import Param, check_params
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16")
@@ -137,7 +138,7 @@ def train_model(
         overlap = set(train_ids) & set(other)
         if overlap:
             raise SegleakError(f"id {sorted(overlap)[0]!r} is both a member and {what}")
-    missing = {"reference_set": not reference_ids, "teacher": teacher is None}
+    missing = {REFERENCE_SET: not reference_ids, TEACHER: teacher is None}
     for need in defense.needs:
         if missing[need]:
             raise SegleakError(f"defense {defense.name!r} needs a {need.replace('_', ' ')}, and none was given")

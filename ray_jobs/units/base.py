@@ -6,8 +6,9 @@ A unit is a pure function of its typed config: it reads its inputs from the stor
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -15,17 +16,14 @@ import torch
 
 from benchmark.errors import SegleakError
 from benchmark.registry import ComponentRegistry
-from ray_jobs.grid_file import import_worker_components
-from ray_jobs.store import DamagedUnit, ResultStore
+from ray_jobs.grid.file import import_worker_components
+from ray_jobs.recording.store import DamagedUnit, ResultStore
 
 if TYPE_CHECKING:
-    from ray_jobs.plan import Unit
-    from ray_jobs.tracking import Tracker
+    from ray_jobs.recording.tracking import Tracker
 
-UNIT_KINDS = ComponentRegistry("unit kind", scope="segleak", locations=[
-    "ray_jobs.units.model", "ray_jobs.units.release", "ray_jobs.units.fit", "ray_jobs.units.cell",
-    "ray_jobs.units.blind", "ray_jobs.units.protocol", "ray_jobs.units.audit", "ray_jobs.units.noop",
-])
+UNIT_KINDS = ComponentRegistry("unit kind", scope="segleak", locations=["ray_jobs.units.kinds"])
+PLAN_VERSION = 2  # enters every unit key: bumping it recomputes everything
 
 
 class UnitKind:
@@ -48,7 +46,7 @@ class UnitKind:
 
     def images(self, config: Any) -> list[tuple[str, dict[str, Any], list[str]]]:
         """The dataset images the unit reads, as (root, adapter spec, ids): the driver checks their files
-        before anything trains (ray_jobs.preflight.check_images)."""
+        before anything trains (ray_jobs.running.preflight.check_images)."""
         return []
 
     def brief(self, summary: dict[str, Any]) -> str:
@@ -70,6 +68,81 @@ def config_json(config: Any) -> dict[str, Any]:
             for f in fields(config) for v in (getattr(config, f.name),)}
 
 
+def unit_key(kind: str, config: Any) -> str:
+    """A short, stable content hash: same kind, resolved config and code versions -> same key, on any machine."""
+    typed = hasattr(config, "__dataclass_fields__")
+    content: dict[str, Any] = {"kind": kind, "version": PLAN_VERSION, "config": config_json(config) if typed else config}
+    if typed and (versions := code_versions(kind, config)):
+        content["code"] = versions
+    blob = json.dumps(content, sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+@dataclass
+class Unit:
+    """One planned piece of work: its kind, its key (a hash of its typed config) and the keys it reads."""
+
+    kind: str
+    key: str
+    config: Any  # the kind's typed config (a frozen dataclass)
+    deps: tuple[str, ...]
+    label: str
+    meta: Any = None  # the kind's typed display metadata, kept out of the key
+
+    @classmethod
+    def of(cls, kind: str, config: Any, deps: tuple[str, ...], label: str, meta: Any = None) -> Unit:
+        """A unit keyed by its config."""
+        return cls(kind, unit_key(kind, config), config, deps, label, meta)
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        return config_json(self.config)
+
+
+@dataclass
+class Plan:
+    """The unique units of a grid, by key (two cells needing the same model share its unit)."""
+
+    units: dict[str, Unit] = field(default_factory=dict)
+    n_cells_requested: int = 0
+
+    def add(self, unit: Unit) -> str:
+        self.units.setdefault(unit.key, unit)
+        return unit.key
+
+    def of_kind(self, kind: str) -> list[Unit]:
+        return [u for u in self.units.values() if u.kind == kind]
+
+    def counts(self) -> dict[str, int]:
+        """Unique units per kind next to the naive count (every cell trains its own victim and shadow)."""
+        counts: dict[str, int] = {}
+        for unit in self.units.values():
+            counts[unit.kind] = counts.get(unit.kind, 0) + 1
+        counts["naive_models"] = 2 * self.n_cells_requested
+        return counts
+
+    def topological(self) -> list[Unit]:
+        """Units ordered so that every unit comes after the units it reads."""
+        order: list[Unit] = []
+        state: dict[str, int] = {}
+        for root in sorted(self.units):
+            stack = [(root, iter(self.units[root].deps))]
+            if state.get(root):
+                continue
+            state[root] = 1
+            while stack:
+                key, deps = stack[-1]
+                dep = next(deps, None)
+                if dep is None:
+                    stack.pop()
+                    state[key] = 2
+                    order.append(self.units[key])
+                elif not state.get(dep):
+                    state[dep] = 1
+                    stack.append((dep, iter(self.units[dep].deps)))
+        return order
+
+
 def code_versions(kind: str, config: Any) -> dict[str, int]:
     """The versions of the code that shapes a unit (its kind, and each component its config names), where
     bumped past the baseline 1: a unit key hashes them, so a result never outlives the code that made it, while
@@ -80,8 +153,7 @@ def code_versions(kind: str, config: Any) -> dict[str, int]:
     for field_name, registry in unit_kind.shaped_by.items():
         spec = getattr(config, field_name, None)
         if spec:
-            name = spec if isinstance(spec, str) else spec.get("name", spec.get("type"))
-            versions[f"{registry.name} {name}"] = registry.version(spec)
+            versions[f"{registry.name} {registry.name_of(spec)}"] = registry.version(spec)
     return {name: version for name, version in versions.items() if version != 1}
 
 

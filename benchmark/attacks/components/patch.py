@@ -27,7 +27,7 @@ class PatchAttack(Attack):
     label_param = "representation"
     uses_attack_train = True
     params = {"representation": Param(str, default="slm", choices=tuple(REPRESENTATIONS))}
-    tunable = ("crop", "epochs")  # attack_train keys a grid may tune (ray_jobs.tuning)
+    tunable = ("crop", "epochs")  # attack_train keys a grid may tune (ray_jobs.running.tuning)
 
     def _config(self, seed: int) -> PatchAttackConfig:
         return PatchAttackConfig.of(self.attack_train, seed)

@@ -38,6 +38,15 @@ class Cityscapes(DatasetAdapter):
     def label_dir(self, root: Path, split: str) -> Path:
         return Path(root) / "gtFine" / split
 
+    def unprepared_labels(self, root: Path, split: str) -> bool:
+        return any(self.label_dir(root, split).glob("*/*_labelIds.png"))
+
+    def prepare(self, root: Path) -> int:
+        """The official download's polygons or labelIds -> trainIds (benchmark.data.prepare)."""
+        from benchmark.data.prepare import prepare_cityscapes
+
+        return prepare_cityscapes(Path(root))
+
     def label_space(self) -> str:
         return super().label_space() + "; raw labelIds? run `segleak data prepare`"
 

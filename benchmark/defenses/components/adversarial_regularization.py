@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from benchmark.defenses.base import TrainingDefense
 from benchmark.models.release import downsample_labels
+from benchmark.needs import REFERENCE_SET
 from benchmark.params import Param
 from benchmark.registry import DEFENSES
 
@@ -79,7 +80,7 @@ class AdversarialRegularization(TrainingDefense):
     name = "adv_reg"
     version = 2  # the reference forward no longer updates the released model's BatchNorm statistics
     order = 570
-    needs = frozenset({"reference_set"})
+    needs = frozenset({REFERENCE_SET})
     example = {"weight": 1.0}
     params = {
         "weight": Param(float, low=0.0, low_open=True, help="lambda: weight of the inference model's gain"),

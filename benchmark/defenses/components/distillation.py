@@ -21,6 +21,7 @@ from torch import Tensor
 from benchmark.defenses.base import TrainingDefense
 from benchmark.errors import SegleakError
 from benchmark.models.lightning_module import SegmentationNet, upsample
+from benchmark.needs import REFERENCE_SET, TEACHER
 from benchmark.params import Param
 from benchmark.registry import DEFENSES
 
@@ -48,7 +49,7 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
 class Distillation(TrainingDefense):
     name = "distillation"
     order = 560
-    needs = frozenset({"teacher", "reference_set"})
+    needs = frozenset({TEACHER, REFERENCE_SET})
     example = {"temperature": 2.0}
     params = {"temperature": Param(float, default=1.0, low=0.0, low_open=True,
                                    help="softmax temperature of the teacher's soft labels and the student")}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from benchmark.defenses.base import TrainingDefense
+from benchmark.defenses.base import TrainingDefense, Trend
 from benchmark.errors import SegleakError
 from benchmark.models import dp
 from benchmark.params import Param
@@ -30,6 +30,9 @@ class DPSGD(TrainingDefense):
     order = 510
     norm = "GN"  # Opacus cannot take per-image gradients through BatchNorm, which mixes images
     per_image_clipping = True
+    gpu_phase = "dp"
+    trend = Trend("auc_vs_dp_epsilon", "the DP-SGD privacy budget", "DP-SGD privacy budget ε (log scale; mean over seeds)",
+                  scale="log", column="dp_epsilon_mean")
     example = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
     params = {
         "max_grad_norm": Param(float, low=0.0, low_open=True, help="per-image gradient clipping norm"),

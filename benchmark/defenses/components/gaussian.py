@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from benchmark.defenses.base import OutputDefense
+from benchmark.defenses.base import OutputDefense, Trend
 from benchmark.defenses.output import gaussian, to_log
 from benchmark.params import Param
 from benchmark.registry import DEFENSES
@@ -16,6 +16,8 @@ class Gaussian(OutputDefense):
     order = 120
     random = True
     example = {"sigma": 0.1}
+    trend = Trend("auc_vs_gaussian_sigma", "the Gaussian output noise",
+                  "Gaussian noise σ (std of the noise added to each posterior value)", param="sigma")
     params = {"sigma": Param(float, low=0.0, help="standard deviation of the noise on each posterior value")}
 
     def apply(self, log_probs: Tensor, generator=None) -> Tensor:

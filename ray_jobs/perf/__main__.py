@@ -1,6 +1,0 @@
-import sys
-
-from ray_jobs.perf.cli import main
-
-if __name__ == "__main__":  # not when a spawned child (the MLflow logger, DP memory) imports it
-    sys.exit(main())
