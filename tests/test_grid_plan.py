@@ -44,11 +44,11 @@ def test_models_are_shared_across_overlaps_output_defenses_and_attacks(default_p
     archs = len(grid.victim_archs)
     victims = _roles(plan, "victim")
     # per setting and arch: one victim per training-side defense (`none` included), and a placebo victim
-    # for each of them
+    # for each of them (`placebo_models` of them, training seeds apart, for the undefended recipe)
     n_settings = len(grid.settings)
     assert len({(u.meta.placebo, u.config.defense["name"], str(u.config.defense["params"]), u.config.arch,
-                 u.meta.setting) for u in victims}) == len(victims)
-    assert len(victims) <= n_settings * archs * len(training) * 2
+                 u.meta.setting, u.config.seed) for u in victims}) == len(victims)
+    assert len(victims) <= n_settings * archs * (len(training) * 2 + grid.placebo_models - 1)
     counts = plan.counts()
     assert counts["model"] < counts["naive_models"] / 5
 
