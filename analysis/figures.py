@@ -10,6 +10,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from benchmark.safe_paths import inside
+
 log = logging.getLogger("analysis.plots")
 FORMATS = ("png", "svg")
 DPI = 150
@@ -21,9 +23,9 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save(fig: Figure, out: Path, stem: str) -> list[Path]:
-    """Write `stem`.png and `stem`.svg into `out`."""
+    """Write `stem`.png and `stem`.svg into `out` (refused if a stem would put them elsewhere)."""
+    paths = [inside(out, f"{stem}.{fmt}") for fmt in FORMATS]
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.{fmt}" for fmt in FORMATS]
     for path in paths:
         fig.savefig(path, dpi=DPI)
     return paths

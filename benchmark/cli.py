@@ -87,6 +87,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         dry_run=args.dry_run,
         gpu_check=args.gpu_check,
+        stream=sys.stdout,  # now: the default was bound when the runner was first imported
     )
     return 1 if summary.failed else 0
 

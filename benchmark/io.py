@@ -8,10 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from benchmark.failure import DiskFull, disk_full_at
+
 
 def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], object]) -> Path:
     """Write `data` (bytes, text, or a function writing to a binary file) to a temp file beside `path`,
-    then rename it into place: a reader sees the old file or the complete new one, never a partial one."""
+    then rename it into place: a reader sees the old file or the complete new one, never a partial one. A
+    write that finds the disk full raises DiskFull naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
@@ -22,7 +25,10 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], obje
             else:
                 handle.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full_at(exc, tmp) if isinstance(exc, Exception) else None  # before the unlink frees space
         Path(tmp).unlink(missing_ok=True)
-        raise
+        if full is None:
+            raise
+        raise DiskFull(str(path), full.free) from exc
     return path

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.failure import one_line
+from benchmark.failure import LOW_SPACE_BYTES, DiskFull, one_line
 from benchmark.signals import Stopped, rearm, stop_on_signals
 from ray_jobs.recording.store import HOST_ID, _process_start
 from ray_jobs.running.ray_session import MARK, mark_session, sweep_sessions
@@ -76,10 +76,10 @@ def test_one_line_names_a_full_disk_and_cuts_library_dumps():
         except OSError as exc:
             raise RuntimeError("logging failed") from exc
     except RuntimeError as wrapped:
-        assert one_line(wrapped) == ("the disk is full while writing /results/model/x/model.pt: free some space and "
+        assert one_line(wrapped) == ("disk full at /results/model/x/model.pt: free some space and "
                                      "run again; finished units are kept")
     sql = Exception("(sqlite3.OperationalError) database or disk is full\n[SQL: INSERT INTO runs ...]\n" + "x\n" * 90)
-    assert one_line(sql).startswith("the disk is full while writing the MLflow database: free some space")
+    assert one_line(sql).startswith("disk full at the MLflow database: free some space")
     dump = ValueError("cannot reach postgresql://mlflow:s3cret@db:5432/mlflow\n" + "  File ...\n" * 90)
     assert one_line(dump) == "ValueError: cannot reach postgresql://mlflow:***@db:5432/mlflow"
 
@@ -125,15 +125,16 @@ def test_a_full_disk_leaves_the_previous_report_whole_and_says_so_in_one_line(sm
     old.parent.mkdir(parents=True)
     old.write_text("the previous report\n")
     filler = _fill(small_disk, 2048)
-    with pytest.raises(OSError) as full:
+    with pytest.raises(DiskFull) as full:
         reporter.write_report(grid)
-    assert full.value.errno == errno.ENOSPC
+    assert full.value.path == str(small_disk / "report") and full.value.free < LOW_SPACE_BYTES
     assert old.read_text() == "the previous report\n" and sorted(os.listdir(small_disk)) == ["filler", "report"]
     out = io.StringIO()
     reporter.finish(grid, Summary(Plan().counts()), out)
     warning = [line for line in out.getvalue().splitlines() if "report" in line and "warning" in line]
     assert len(warning) == 1, out.getvalue()
-    assert warning[0].startswith("warning: no report written (the disk is full: free some space and run again")
+    assert warning[0].startswith(f"warning: no report written (disk full at {small_disk / 'report'} (")
+    assert "free some space and run again" in warning[0]
     assert warning[0].endswith("the runs are in MLflow, and `segleak leaderboard` / `segleak plots` write it later")
     assert old.read_text() == "the previous report\n"
     filler.unlink()
@@ -150,7 +151,7 @@ def test_a_benchmark_on_a_full_disk_ends_in_one_line(small_disk, tmp_path):
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert run.returncode != 0
     lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert lines == [lines[-1]] and lines[-1].startswith("segleak: error: the disk is full"), run.stderr[-3000:]
+    assert lines == [lines[-1]] and lines[-1].startswith("segleak: error: disk full at "), run.stderr[-3000:]
 
 
 # --- Ray's leftovers --------------------------------------------------------------------------------------

@@ -22,12 +22,14 @@ from benchmark.errors import SegleakError
 from benchmark.params import Param, check_params
 
 
+MAX_CROPS = 10_000  # per image: the authors use 6
 # The grid's `attack_train` block: the patch attack's training settings (the paper does not publish its own).
 ATTACK_TRAIN_PARAMS: dict[str, Param] = {
     "size": Param(str, default="tiny", choices=tuple(SIZES), help="attack network: tiny, or paper (ResNet-50)"),
     "crop": Param(int, default=32, low=1, help="side of the square crops, in released-map pixels"),
-    "n_crops_train": Param(int, default=6, low=1, help="crops per image per epoch"),
-    "n_crops_test": Param(int, default=6, low=1, help="crops per scored image"),
+    # bounded: an epoch's crop index holds n_crops_train ids per image (12 bytes each), 1e8 would fill memory
+    "n_crops_train": Param(int, default=6, low=1, high=MAX_CROPS, help="crops per image per epoch"),
+    "n_crops_test": Param(int, default=6, low=1, high=MAX_CROPS, help="crops per scored image"),
     "epochs": Param(int, default=10, low=1),
     "batch_size": Param(int, default=32, low=1),
     "lr": Param(float, default=1e-3, low=0.0, low_open=True),

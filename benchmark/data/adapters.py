@@ -9,13 +9,14 @@ layout for the embedded synthetic twin. The concrete datasets are registered com
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import regex
 from PIL import Image
 
 from benchmark.data.labels import IGNORE_INDEX
@@ -55,6 +56,11 @@ class DatasetAdapter:
 
     def __init__(self, **options: Any) -> None:
         self.options = check_params(f"dataset {self.name!r}", self.params, options)
+        if self.options.get("group_pattern") is not None:  # refused on load, not when the images are read
+            try:
+                compile_group_pattern(self.options["group_pattern"])
+            except SegleakError as exc:
+                raise SegleakError(f"dataset {self.name!r}: {exc}") from None
 
     # --- identity and label space -------------------------------------------------------------------------
     @property
@@ -192,11 +198,36 @@ def save_jpeg(array: np.ndarray, path: Path, quality: int) -> None:
     Image.fromarray(array).save(path, format="JPEG", quality=quality)
 
 
+GROUP_PATTERN = Param(str, default=None, nullable=True,
+                      help="a regex on the file stem whose first group names the image's group")
+MATCH_TIMEOUT_S = 0.2  # per file name: a sane pattern takes microseconds; (a|aa)+ on 40 letters takes days
+
+
+@functools.lru_cache(maxsize=64)
+def compile_group_pattern(pattern: str) -> regex.Pattern:
+    """`group_pattern` compiled, or SegleakError naming the key: it must compile and have a group. It runs in
+    the `regex` engine (the `re` syntax), whose matches take a timeout: see `group_by_pattern`."""
+    try:
+        compiled = regex.compile(pattern)
+    except regex.error as exc:
+        raise SegleakError(f"group_pattern {pattern!r} is not a valid regular expression ({exc})") from None
+    if compiled.groups < 1:
+        raise SegleakError(f"group_pattern {pattern!r} has no group: put the part of the file name that names "
+                           "the image's group in parentheses, e.g. '^(seq\\d+)_'")
+    return compiled
+
+
 def group_by_pattern(sample_id: str, pattern: str | None) -> str:
-    """The first capture group of `pattern` in the id's file stem, or the id itself (no pattern, no match)."""
+    """The first capture group of `pattern` in the id's file stem, or the id itself (no pattern, no match).
+    A match that takes over MATCH_TIMEOUT_S (catastrophic backtracking) is refused in one line, not a hang."""
     if not pattern:
         return sample_id
-    match = re.search(pattern, sample_id.split("/", 1)[-1])
+    stem = sample_id.split("/", 1)[-1]
+    try:
+        match = compile_group_pattern(pattern).search(stem, timeout=MATCH_TIMEOUT_S)
+    except TimeoutError:
+        raise SegleakError(f"group_pattern {pattern!r} took over {MATCH_TIMEOUT_S:g} s on the file name {stem!r}: "
+                           "nested repetition such as (a+)+ or (a|aa)+ backtracks without end; simplify it") from None
     return f"{sample_id.split('/', 1)[0]}/{match.group(1)}" if match else sample_id
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from benchmark.data.adapters import DatasetAdapter, get_adapter
 from benchmark.data.scene import LabelMaps, draw_scene
 from benchmark.errors import SegleakError
+from benchmark.failure import DiskFull, disk_full_at
 from benchmark.params import Param, check_params
 
 MARKER = ".segleak_synth.json"
@@ -127,9 +128,12 @@ def ensure_synthetic_dataset(spec: SynthSpec, root: Path) -> Path:
     try:
         write_synthetic_dataset(spec, tmp)
         os.rename(tmp, root)
-    except OSError:
+    except OSError as exc:
         if _marker(root) != wanted:  # not another writer finishing first: a real failure
-            raise
+            full = disk_full_at(exc, tmp)  # measured before the partial copy is removed
+            if full is None:
+                raise
+            raise DiskFull(str(root), full.free) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -8,12 +8,15 @@ not depend on how many references the grid asks for: a bank of 16 reuses the 8 o
 - offline pool = the attacker's own population (`manifest.pool("attacker")`: in the dependent setting the
   shadow's fresh images and non-members), never a victim query image (checked here on every reference, and
   again in the fit unit from what each model's data loader recorded);
-- online pool = that population plus the victim's query images (the attacker knows them and their ground
-  truth in this threat model; online LiRA trains on halves of the query set, as the paper does).
-Each reference trains on min(|victim's training set|, |pool| // 2) images: as many as the victim where the pool
-allows, while every image stays OUT of about half of the references or more. Adaptive, like the shadows: the
-references train with the victim's training-side defense, and their outputs pass through its output defense
-in the fit unit.
+- online pool = the victim's query images (the attacker knows them and their ground truth in this threat
+  model; online LiRA trains on halves of the query set, as the paper does) plus attacker images, whole groups,
+  up to twice the victim's training size.
+Each reference trains on as many images as the victim (a reference trained on fewer images overfits more than the
+victim, so calibration hands the victim's leak back as noise), and each pool is twice that, so every image is IN
+with probability 1/2. Where a pool cannot be (the attacker's population below twice the victim's training set,
+or more query images than that), the plan says so in a note and draws what it can: offline references on half
+the pool, an online bank whose IN rate is below 1/2. Adaptive, like the shadows: the references train with the
+victim's training-side defense, and their outputs pass through its output defense in the fit unit.
 
 The LiRA evaluation protocol (`lira_protocol: true` in a grid): the online bank's K models, each in turn the
 target and the others its references, scores pooled over targets (the fit's leave-one-reference-out
@@ -45,6 +48,7 @@ from ray_jobs.units.kinds.protocol import PROTOCOL_SETTING, ProtocolConfig
 
 SEED_OFFSET = {OFFLINE: 20_000, ONLINE: 30_000}  # reference i of a bank trains with seed + offset + i
 BLIND_INDEX = 10**6  # the stream that halves the online pool for the protocol's blind baseline (no reference)
+FILL_INDEX = 10**6 + 1  # the stream that fills the online pool with attacker images
 PLACEBO_INDEX = 10**5  # the protocol's placebo model p trains on subset stream PLACEBO_INDEX + p (no reference's)
 
 
@@ -54,6 +58,15 @@ def subset_size(pool_size: int, victim_train: int) -> int:
     if n < 1:
         raise SegleakError(f"pools too small: a reference bank needs a pool of at least 2 images, got {pool_size}")
     return n
+
+
+def online_pool(queries: Sequence[str], attacker: Sequence[str], victim_train: int, seed: int,
+                group_of: Callable[[str], str]) -> list[str]:
+    """Every victim query image plus attacker images (whole groups, seeded) up to twice the victim's training
+    size: references of the victim's size then hold each image IN with probability 1/2."""
+    need = 2 * victim_train - len(queries)
+    fill = reference_subset(attacker, need, seed, ONLINE, FILL_INDEX, group_of) if need > 0 and attacker else []
+    return sorted(set(queries) | set(fill))
 
 
 def reference_subset(pool: Sequence[str], n: int, seed: int, bank: str, index: int,
@@ -92,6 +105,15 @@ class BankUnits:
     population: tuple[str, ...]
     released: tuple[str, ...] = ()  # the images every reference is released on
 
+    @property
+    def train_size(self) -> int:
+        return round(sum(map(len, self.subsets)) / len(self.subsets))
+
+    @property
+    def in_rate(self) -> float:
+        """The mean fraction of references an image of the pool trains in (1/2 by design)."""
+        return sum(map(len, self.subsets)) / (len(self.subsets) * len(self.pool))
+
 
 class BankPlanner:
     """Adds reference banks and the units that read them to a plan (through the plan's builder)."""
@@ -121,10 +143,13 @@ class BankPlanner:
         """The offline or online bank of (setting, arch, training defense, seed): its models and releases."""
         attacker = sorted(manifest.pool("attacker"))
         queries = sorted(manifest.victim.queried)
-        pool = attacker if bank == OFFLINE else sorted(set(attacker) | set(queries))
+        victim_train = len(manifest.victim.train)
+        pool = attacker if bank == OFFLINE else online_pool(queries, attacker, victim_train, seed, manifest.group)
         refs = self.grid.references
-        count = refs["count"] if bank == OFFLINE else refs.get("online_count") or refs["count"]
-        n = subset_size(len(pool), len(manifest.victim.train))
+        count = refs["by_defense"].get(defense.label) or refs["by_defense"].get(defense.name) or (
+            refs["count"] if bank == OFFLINE else refs.get("online_count") or refs["count"])
+        n = subset_size(len(pool), victim_train)
+        self._note_mismatch(bank, len(pool), n, victim_train, len(queries), manifest.setting)
         released = sorted(set(attacker) | set(queries))
         releases, subsets = [], []
         for index in range(count):
@@ -150,6 +175,14 @@ class BankPlanner:
             model = self.builder.model(recipe, defense)
             releases.append(self._release(model, source, train, units.released))
         return tuple(releases)
+
+    def _note_mismatch(self, bank: str, pool: int, n: int, victim_train: int, queries: int, setting: str) -> None:
+        if n < victim_train:
+            self.plan.note(f"{bank} references train on {n} images, the victim on {victim_train}: their pool ({pool} "
+                           f"images) is below twice the victim's training set; grow splits.{setting}.shadow_nonmembers")
+        if bank == ONLINE and 2 * n + 1 < pool:
+            self.plan.note(f"the {bank} bank's IN rate is {n / pool:.2f}, not 1/2: the victim's {queries} query images "
+                           f"exceed twice its {victim_train} training images; lower splits.{setting}.victim_nonmembers")
 
     def fit(self, attack: AttackSetting, seen: DefenseSetting, units: BankUnits, queries: Sequence[str],
             seed: int) -> str:

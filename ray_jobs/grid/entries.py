@@ -18,6 +18,7 @@ from benchmark.defenses.base import Defense
 from benchmark.errors import SegleakError
 from benchmark.params import Param, check_params
 from benchmark.registry import ATTACKS, DEFENSES
+from benchmark.safe_paths import check_name
 
 CONTROLS = ("placebo",)
 
@@ -171,6 +172,7 @@ def sweep(check: Checker, where: str, entry: Any, registry, kind: str) -> list[t
         entry = {"name": entry}
     if not isinstance(entry, dict) or "name" not in entry:
         raise check.fail(where, f"expected a {kind} name or a mapping with 'name'")
+    check(check_name, f"{where}.name", entry["name"])
     cls = check.at(f"{where}.name", registry.lookup, entry["name"])
     params = {k: v for k, v in entry.items() if k not in ("name", "only", "tune")}
     unknown = sorted(set(params) - set(cls.params))

@@ -91,9 +91,10 @@ class _SlicePlanner:
                         population = (banks.population_release(victim_model, victim_src, manifest)
                                       if POPULATION in attack.attack.requirements() else None)
                         builder.cell(fit_key, victim_release, victim_model, defense, manifest, victim_src, meta, population)
-                        if grid.lira_protocol and control == "none":
+                        protocol = grid.lira_protocol
+                        if control == "none" and protocol and protocol.allows(
+                                victim_arch, **where, defense=defense.name, defense_label=defense.label):
                             banks.protocol(attack, seen, attacker_trains, victim_src, manifest, meta)
-
 
 
 def build_plan(grid: Grid, sources: dict[str, DataSource], manifests: dict[tuple, Manifest]) -> Plan:

@@ -35,7 +35,10 @@ def prepare_sources(grid: Grid, store: ResultStore) -> dict[str, DataSource]:
             root = synthetic_root(SynthSpec.of(entry.spec, **grid.synthetic))
         else:
             root = str(Path(entry.root).expanduser().resolve())
-        index = image_index(name, entry.adapter, local_data_root(root, store.data_dir))
+        try:  # a missing folder, a group_pattern that backtracks without end: named with the grid and dataset
+            index = image_index(name, entry.adapter, local_data_root(root, store.data_dir))
+        except SegleakError as exc:
+            raise SegleakError(f"grid {grid.source}: datasets.{name}: {exc}") from None
         if not index.ids:
             raise SegleakError(f"dataset {name} at {entry.root}: no image/label pairs found (check it with "
                                f"`segleak data check --dataset {entry.spec['type']} --root {entry.root}`)")

@@ -22,16 +22,20 @@ from benchmark.models.release import RELEASE_PARAMS, released_size
 from benchmark.models.train import TRAIN_PARAMS
 from benchmark.needs import REFERENCE_SET, REFERENCES
 from benchmark.params import Param, check_params
+from benchmark.safe_paths import check_name
 from ray_jobs.grid.audit_block import AuditSpec, parse_audit
-from ray_jobs.grid.entries import CONTROLS, AttackSetting, Checker, DefenseSetting, parse_attacks, parse_defenses
+from ray_jobs.grid.entries import (CONTROLS, EVERYWHERE, AttackSetting, Checker, DefenseSetting, Only, parse_attacks,
+                                   parse_defenses, parse_only)
 from ray_jobs.grid.file import PROFILES_DIR, read_grid
 
 RESOURCE_STAGES = ("train", "release", "attack", "cell")
+MAX_SEEDS = 1000  # each seed repeats the whole grid (manifests, models, cells): 10,000 would exhaust memory
 RESOURCE_PARAMS = {"cpu": Param(float, default=1.0, low=0.0), "gpu": Param(float, default=0.0, low=0.0)}
 # The grid's `references` block: the attacker's reference banks (planned by ray_jobs.grid.bank).
 REFERENCE_PARAMS: dict[str, Param] = {
     "count": Param(int, default=8, low=3, help="reference models per bank (offline, and online unless set)"),
     "online_count": Param(int, default=None, nullable=True, low=3, help="the online bank's size (null: count)"),
+    "by_defense": Param(dict, default={}, help="smaller banks under some training defenses: {name or label: count}"),
     "placebo_count": Param(int, default=2, low=1, help="placebo models per online bank for the LiRA protocol's placebo"),
 }
 
@@ -91,7 +95,7 @@ class Grid:
     leakage_maps: bool = True
     blind: bool = True
     references: dict[str, Any] = field(default_factory=dict)  # the reference banks' sizes (REFERENCE_PARAMS)
-    lira_protocol: bool = False
+    lira_protocol: Only | None = None  # where the LiRA protocol runs (None: nowhere)
     placebo_models: int = 1  # placebo victims per placebo recipe without a training-side defense (grid.plan)
     audit: AuditSpec | None = None  # one-run privacy audits (ray_jobs.grid.audit_block)
 
@@ -130,7 +134,8 @@ _TOP: dict[str, Param] = {
     "leakage_maps": Param(bool, default=True),
     "blind": Param(bool, default=True, help="the blind baseline and shift test of every setting"),
     "references": Param(dict, default={}, help="reference banks for LiRA, RMIA, calibrated loss: {count, online_count}"),
-    "lira_protocol": Param(bool, default=False, help="the LiRA evaluation protocol on each online reference bank"),
+    "lira_protocol": Param(object, default=False, help="the LiRA evaluation protocol on each online reference bank: "
+                           "true, or {defenses: [...]} for the banks under those defenses only"),
     "placebo_models": Param(int, default=1, low=1, help="placebo victims (training seeds) per setting and recipe "
                             "without a training-side defense: the placebo verdict's spread between models"),
     "audit": Param(dict, default=None, nullable=True, help="one-run privacy audits (ray_jobs/grid/audit.py)"),
@@ -142,6 +147,7 @@ def _datasets(check: Checker, raw: dict[str, Any]) -> dict[str, DatasetEntry]:
     if not raw:
         raise check.fail("datasets", "expected at least one dataset")
     for name, entry in raw.items():
+        check(check_name, "datasets", name)  # the leakage maps are named after it
         where = f"datasets.{name}"
         if not isinstance(entry, dict):
             raise check.fail(where, f"expected a mapping with 'root', got {entry!r}")
@@ -152,7 +158,7 @@ def _datasets(check: Checker, raw: dict[str, Any]) -> dict[str, DatasetEntry]:
             raise check.fail(f"{where}.root", f"expected a path or 'synthetic', got {root!r}")
         spec = {k: v for k, v in entry.items() if k != "root"}
         spec.setdefault("type", name)
-        adapter = check(get_adapter, spec)
+        adapter = check.at(where, get_adapter, spec)
         out[name] = DatasetEntry(name, adapter.spec, root)
     return out
 
@@ -217,6 +223,7 @@ def _check_reference_sets(check: Checker, grid: Grid) -> None:
 def validate(raw: Any, source: str) -> Grid:
     check = Checker(source)
     top = check(check_params, "top level", _TOP, raw)
+    check(check_name, "name", top["name"])
     datasets = _datasets(check, top["datasets"])
     settings = []
     for i, entry in enumerate(check.items("settings", top["settings"], dict)):
@@ -254,7 +261,7 @@ def validate(raw: Any, source: str) -> Grid:
         attacks=parse_attacks(check, check.items("attacks", top["attacks"], object)),
         adaptive=top["adaptive"],
         controls=tuple(check.items("controls", top["controls"], str, choices=CONTROLS, nonempty=False)),
-        seeds=tuple(check.items("seeds", top["seeds"], int, low=0)),
+        seeds=_seeds(check, top["seeds"]),
         splits=_splits(check, top["splits"], {s.shadow_dataset for s in settings}),
         group_split=top["group_split"],
         synthetic=synthetic,
@@ -267,20 +274,47 @@ def validate(raw: Any, source: str) -> Grid:
         leakage_maps=top["leakage_maps"],
         blind=top["blind"],
         references=check(check_params, "references", REFERENCE_PARAMS, top["references"]),
-        lira_protocol=top["lira_protocol"],
+        lira_protocol=_protocol(check, top["lira_protocol"]),
         placebo_models=top["placebo_models"],
     )
     if len(set(grid.seeds)) != len(grid.seeds) or len(set(grid.overlaps)) != len(grid.overlaps):
         raise check.fail("seeds/overlaps", "a value is listed twice")
     _check_crop(check, grid)
-    _check_referenceparse_attacks(check, grid)
+    _check_reference_attacks(check, grid)
     _check_reference_sets(check, grid)
+    _check_bank_sizes(check, grid)
     if top.get("audit") is not None:
         grid = dataclasses.replace(grid, audit=parse_audit(check, top["audit"], grid))
     return grid
 
 
-def _check_referenceparse_attacks(check: Checker, grid: Grid) -> None:
+def _seeds(check: Checker, raw: Any) -> tuple[int, ...]:
+    seeds = tuple(check.items("seeds", raw, int, low=0))
+    if len(seeds) > MAX_SEEDS:
+        raise check.fail("seeds", f"{len(seeds)} values, at most {MAX_SEEDS}: each seed repeats the whole grid "
+                         "(its splits, models and cells)")
+    return seeds
+
+
+def _protocol(check: Checker, raw: Any) -> Only | None:
+    if isinstance(raw, bool):
+        return EVERYWHERE if raw else None
+    values = check(check_params, "lira_protocol", {"defenses": Param(list, item=str)}, raw)
+    return parse_only(check, "lira_protocol", {"only": values}, attack=True)
+
+
+def _check_bank_sizes(check: Checker, grid: Grid) -> None:
+    """`references.by_defense` names training defenses of the grid (by name, or one setting by its label), each
+    with a bank of 3 or more."""
+    trained = {n for d in grid.defenses if not d.output_side for n in (d.name, d.label)}
+    for name, count in grid.references["by_defense"].items():
+        if name not in trained:
+            raise check.fail(f"references.by_defense.{name}", f"not a training defense of this grid "
+                             f"({', '.join(sorted(trained)) or 'none'})")
+        check(Param(int, low=3).check, f"references.by_defense.{name}", count)
+
+
+def _check_reference_attacks(check: Checker, grid: Grid) -> None:
     """Reference banks are drawn from the victim's dataset: refuse a reference attack that would run in an
     independent setting (its pool and the victim's queries would lie in two datasets)."""
     independent = any(s.kind == "independent" for s in grid.settings)
@@ -298,7 +332,7 @@ def load_grid(profile: str | None = None, grid_file: str | Path | None = None) -
         if not path.is_file():
             raise SegleakError(f"grid file {path} does not exist")
     else:
-        name = profile or "default"
+        name = check_name("--profile", profile or "default")
         path = PROFILES_DIR / f"{name}.yaml"
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
@@ -311,5 +345,6 @@ def _check_archs(check: Checker, archs: tuple[str, ...]) -> None:
 
     known = set(list_architectures())
     for arch in archs:
+        check(check_name, "victim_archs/shadow_archs", arch)
         if arch not in known:
             raise check.fail("victim_archs/shadow_archs", f"unknown architecture {arch!r} (known: {', '.join(sorted(known))})")

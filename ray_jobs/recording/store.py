@@ -52,6 +52,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from benchmark.errors import SegleakError
+from benchmark.failure import DiskFull, disk_full_at
 
 MARKER = "unit.json"
 TEMP_PREFIX = ".tmp-"
@@ -757,6 +758,13 @@ class ResultStore:
             published = self._publish(tmp, final, kind, key)
             self.append_ledger({k: record[k] for k in ("kind", "key", "seconds", "host", "pid", "invocation")}
                                | {"published": published})
+        except DiskFull as full:  # a file of the unit that did not fit: named at the unit's place
+            raise DiskFull(full.path.replace(str(tmp), str(final), 1), full.free) from full.__cause__
+        except Exception as exc:
+            full = disk_full_at(exc, tmp)  # measured now: removing the temp dir below frees the space
+            if full is None:
+                raise
+            raise DiskFull(str(final), full.free) from exc  # named by the unit's place, not its temp dir
         finally:
             if stack and stack[-1] is inputs:
                 stack.pop()

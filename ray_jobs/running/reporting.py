@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import SegleakError
-from benchmark.failure import one_line
+from benchmark.failure import DiskFull, disk_full_at, one_line
 from benchmark.redact import redact
+from benchmark.safe_paths import inside
 from ray_jobs.recording.store import ResultStore, temp_name
 from ray_jobs.recording.tracking import Tracker
 from ray_jobs.running.background_log import BackgroundLogger
@@ -94,7 +95,7 @@ class Reporter:
             adapter = get_adapter(cell.config.dataset)
             loss = loss_map(released.log_probs.float(), released.labels.long(), adapter.ignore_index)[:, 0].numpy()
             labels = released.labels.numpy()
-            path = out / f"leakage_{cell.meta.dataset}_{cell.meta.victim_arch}_{release_key[-8:]}.png"
+            path = inside(out, f"leakage_{cell.meta.dataset}_{cell.meta.victim_arch}_{release_key[-8:]}.png")
             plot_leakage_map(loss[is_member], labels[is_member], loss[~is_member], labels[~is_member],
                              adapter.classes, path, ignore_index=adapter.ignore_index)
             written.append(path)
@@ -129,6 +130,11 @@ class Reporter:
             os.rename(staging, final)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+        except Exception as exc:
+            full = disk_full_at(exc, staging)  # measured before the staging folder is removed
+            if full is None:
+                raise
+            raise DiskFull(str(final), full.free) from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return {name: [final / Path(p).relative_to(staging) for p in paths] for name, paths in report.items()}

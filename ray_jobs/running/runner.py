@@ -21,6 +21,7 @@ from ray_jobs.grid.plan import build_plan
 from ray_jobs.grid.sources import make_manifests, prepare_sources
 from ray_jobs.grid.spec import load_grid
 from ray_jobs.recording.store import CREDENTIAL_ENV, ResultStore
+from ray_jobs.running.dry_run import DryRunStore, dry_run_store, print_writes
 from ray_jobs.running.preflight import check_images, check_resources, check_tracking, cluster_capacity, local_capacity
 from ray_jobs.running.ray_session import current_session, mark_session, remove_session, sweep_sessions
 from ray_jobs.running.reporting import Summary
@@ -55,6 +56,8 @@ def print_plan(plan: Plan, store: ResultStore, stream=sys.stdout) -> None:
     parts = [f"{n} {kind} ({finished.get(kind, 0)} finished)" for kind, n in counts.items() if kind != "naive_models"]
     print(f"plan: {', '.join(parts)}; {plan.n_cells_requested} grid cells; a naive grid would train "
           f"{counts['naive_models']} models", file=stream, flush=True)
+    for text in plan.notes:
+        print(f"note: {text}", file=stream, flush=True)
 
 
 def run_benchmark(profile: str | None = None, grid_file: str | None = None, results: str = "results",
@@ -67,34 +70,17 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
     `dry_run`: validate the grid and the data, print the plan (units per kind, the naive count, what is
     already finished) and its estimated GPU-hours (ray_jobs.grid.estimate: from `gpu_check`, a `make gpu-check`
     JSON, else <results>/gpu-check.json, else the committed H200 measurement), and stop before Ray starts
-    or MLflow is written to. A real run prints the estimate when `gpu_check` is given."""
+    or MLflow is written to, and without writing into `results` (ray_jobs.running.dry_run). A real run prints the
+    estimate when `gpu_check` is given."""
     started = time.time()
     grid = load_grid(profile, grid_file)
-    store = ResultStore(results)
-    tracking_uri = tracking_uri or default_tracking_uri(store.root)  # refuses a bucket: no SQLite file there
-    check_tracking(tracking_uri)
-    store.prepare()
-    print(f"segleak: grid {grid.name!r} from {grid.source}; results in {redact(store.root)}; "
-          f"MLflow at {redact(tracking_uri)}", file=stream)
-    sources = prepare_sources(grid, store)
-    plan = build_plan(grid, sources, make_manifests(grid, sources, store, stream))
-    counts = plan.counts()
-    print_plan(plan, store, stream)
-    if dry_run or gpu_check:
-        from ray_jobs.grid.estimate import print_estimate
-
-        print_estimate(plan, grid, gpu_check, results, stream)
-    if not address:
-        try:
-            check_resources(plan, grid.resources, local_capacity(max_concurrent), "the local Ray instance")
-        except SegleakError as refusal:  # a dry run plans a cluster profile from a laptop: say so, go on
-            if not dry_run:
-                raise
-            print(f"segleak: note: a local run would stop here: {refusal} (a cluster run with --address may not)",
-                  file=stream)
-    check_images(plan, store)
     if dry_run:
-        return Summary(counts, cached=sum(store.is_done(u.kind, u.key) for u in plan.units.values()))
+        with dry_run_store(results) as dry:
+            plan, _ = _prepare(grid, dry, tracking_uri, address, max_concurrent, gpu_check, stream)
+            print_writes(dry, stream)
+            return Summary(plan.counts(), cached=sum(dry.is_done(u.kind, u.key) for u in plan.units.values()))
+    store = ResultStore(results)
+    plan, tracking_uri = _prepare(grid, store, tracking_uri, address, max_concurrent, gpu_check, stream)
 
     from ray_jobs.recording.tracking import Tracker
 
@@ -105,13 +91,42 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
     try:
         summary = _run(plan, grid, store, tracker, address, max_concurrent, started, stream)
     except KeyboardInterrupt as stop:  # Ctrl-C, and SIGTERM/SIGHUP (benchmark.signals.Stopped)
-        _end(tracker, "KILLED", f"stopped by {stop or 'SIGINT'}")
+        _end(tracker, "KILLED", f"stopped by {str(stop) or 'SIGINT'}")  # Ctrl-C's KeyboardInterrupt has no text
         raise
     except BaseException as exc:
         _end(tracker, "FAILED", one_line(exc))
         raise
     tracker.finish("FAILED" if summary.failed else "FINISHED")
     return summary
+
+
+def _prepare(grid, store: ResultStore, tracking_uri: str | None, address: str | None, max_concurrent: int | None,
+             gpu_check: str | None, stream) -> tuple[Plan, str]:
+    """The checks before anything runs, the data and the splits, and the plan printed; a DryRunStore makes
+    it a dry run. Returns the plan and the tracking URI."""
+    dry_run = isinstance(store, DryRunStore)
+    tracking_uri = tracking_uri or default_tracking_uri(store.root)  # refuses a bucket: no SQLite file there
+    check_tracking(tracking_uri)
+    store.prepare()
+    print(f"segleak: grid {grid.name!r} from {grid.source}; results in {redact(store.root)}; "
+          f"MLflow at {redact(tracking_uri)}", file=stream)
+    sources = prepare_sources(grid, store)
+    plan = build_plan(grid, sources, make_manifests(grid, sources, store, stream))
+    print_plan(plan, store, stream)
+    if dry_run or gpu_check:
+        from ray_jobs.grid.estimate import print_estimate
+
+        print_estimate(plan, grid, gpu_check, str(store.root), stream)
+    if not address:
+        try:
+            check_resources(plan, grid.resources, local_capacity(max_concurrent), "the local Ray instance")
+        except SegleakError as refusal:  # a dry run plans a cluster profile from a laptop: say so, go on
+            if not dry_run:
+                raise
+            print(f"segleak: note: a local run would stop here: {refusal} (a cluster run with --address may not)",
+                  file=stream)
+    check_images(plan, store)
+    return plan, tracking_uri
 
 
 def _end(tracker, status: str, reason: str) -> None:

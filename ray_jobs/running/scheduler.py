@@ -5,7 +5,8 @@ task the moment its count reaches zero, at most `max_concurrent` at a time (else
 each queued task's arguments). A finished task announces itself through its future's callback on a queue,
 so the driver never rescans what is in flight and its work per unit does not grow with the plan's size.
 Ray retries a failing task (`retries` from the grid); a unit that still fails is recorded with its error
-and only the units downstream of it are skipped, so one bad cell never stops unrelated ones. Each
+and only the units downstream of it are skipped, so one bad cell never stops unrelated ones; a full disk
+(DiskFull) is not retried either, and stops the run: nothing new starts, those in flight finish. Each
 finished unit prints one line, instead of Ray's log stream.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import ray
 
+from benchmark.failure import DiskFull
 from benchmark.redact import redact
 from ray_jobs.recording.store import DamagedUnit, ResultStore
 from ray_jobs.units import UNIT_KINDS, UnitCrashed, UnitRefused, execute
@@ -41,7 +43,7 @@ def _one_line(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the task's own exception
     text = str(cause).strip().splitlines()
     last = text[-1] if text else ""
-    return redact(last if isinstance(cause, (UnitRefused, UnitCrashed)) else f"{type(cause).__name__}: {last}")[:500]
+    return redact(last if isinstance(cause, (UnitRefused, UnitCrashed, DiskFull)) else f"{type(cause).__name__}: {last}")[:500]
 
 
 class Scheduler:
@@ -145,8 +147,9 @@ class Scheduler:
         in_flight: dict[str, Unit] = {}
         reported = set(outcome.cached)  # a unit recomputed because it was damaged is logged once
         retried: set[str] = set()  # units retried once after an input of theirs was found damaged
-        while ready or in_flight:
-            while ready and len(in_flight) < self.max_concurrent:
+        full: DiskFull | None = None  # once the disk is full, nothing new starts: every unit would fail so
+        while (ready and full is None) or in_flight:
+            while ready and full is None and len(in_flight) < self.max_concurrent:
                 unit = self.plan.units[ready.popleft()]
                 in_flight[unit.key] = unit
                 self._submit(unit)
@@ -164,6 +167,12 @@ class Scheduler:
                         self._requeue(damaged.key, unit.key, outcome, waiting, dependents, ready, in_flight)
                         continue
                     error = _one_line(exc)
+                    if isinstance(damaged, DiskFull):  # (the cause) the units in flight finish, then the run ends
+                        full = damaged
+                        outcome.failed[unit.key] = error
+                        self._print("x", unit, f"FAILED: {error}")
+                        self.on_failed(unit, error)
+                        continue
                     refused = isinstance(getattr(exc, "cause", exc), UnitRefused)
                     self._fail(unit, error, f"FAILED{'' if refused else f' after {self.retries} retries'}: {error}",
                                outcome, dependents)
@@ -180,6 +189,8 @@ class Scheduler:
                     waiting[child] -= 1
                     if waiting[child] == 0 and child not in outcome.failed:
                         ready.append(child)
+        if full is not None:
+            raise full
         stalled = [k for k, n in waiting.items() if k not in outcome.done and k not in outcome.failed]
         if stalled:  # cannot happen for a plan built by build_plan; guards against a silent stop
             raise RuntimeError(f"scheduler stalled: {stalled[0]} waits on units that never ran")

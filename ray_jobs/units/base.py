@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from benchmark.errors import SegleakError
+from benchmark.failure import DiskFull, disk_full_at
 from benchmark.registry import ComponentRegistry
 from ray_jobs.grid.file import import_worker_components
 from ray_jobs.recording.store import DamagedUnit, ResultStore
@@ -105,10 +106,15 @@ class Plan:
 
     units: dict[str, Unit] = field(default_factory=dict)
     n_cells_requested: int = 0
+    notes: list[str] = field(default_factory=list)  # what the plan could not do as designed, said before it runs
 
     def add(self, unit: Unit) -> str:
         self.units.setdefault(unit.key, unit)
         return unit.key
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def of_kind(self, kind: str) -> list[Unit]:
         return [u for u in self.units.values() if u.kind == kind]
@@ -175,19 +181,22 @@ def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_th
     """Entry point of a Ray task: one unit, skipped if an earlier attempt already finished it. The unit's
     lock is held while computing it: a unit another invocation is computing is waited for, not redone.
     An input found damaged raises DamagedUnit as is (not a crash to retry): the scheduler recomputes the
-    input, then this unit."""
+    input, then this unit; a full disk raises DiskFull as is: the scheduler starts nothing more."""
     torch.set_num_threads(max(1, num_threads))
     import_worker_components()
     store = ResultStore(store_root, invocation=invocation)
     unit_kind = UNIT_KINDS.lookup(kind)()
-    with store.claim(kind, key) as mine:
-        if not mine:
-            return store.read_unit(kind, key)["summary"]
-        try:
+    try:
+        with store.claim(kind, key) as mine:  # its lock file, too, may find the disk full
+            if not mine:
+                return store.read_unit(kind, key)["summary"]
             return unit_kind.run(key, unit_kind.config(config), store, num_threads)
-        except DamagedUnit:
-            raise
-        except SegleakError as exc:
-            raise UnitRefused(str(exc)) from None
-        except Exception as exc:
-            raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc
+    except (DamagedUnit, DiskFull):  # not a crash to retry: recompute the input / end the run
+        raise
+    except SegleakError as exc:
+        raise UnitRefused(str(exc)) from None
+    except Exception as exc:
+        full = disk_full_at(exc, store.local_root)  # an ENOSPC outside the unit's own files (its lock)
+        if full is not None:
+            raise full from exc
+        raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from benchmark.data.adapters import DatasetAdapter, group_by_pattern, save_jpeg, save_png
+from benchmark.data.adapters import GROUP_PATTERN, DatasetAdapter, group_by_pattern, save_jpeg, save_png
 from benchmark.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX
 from benchmark.data.scene import Style
-from benchmark.params import Param
 from benchmark.registry import DATASETS
 
 
@@ -20,7 +19,7 @@ class BDD100K(DatasetAdapter):
 
     name = "bdd100k"
     metainfo = {"classes": CITYSCAPES_CLASSES, "ignore_index": IGNORE_INDEX}
-    params = {"group_pattern": Param(str, default=None, nullable=True)}
+    params = {"group_pattern": GROUP_PATTERN}
     image_suffix = ".jpg"
     label_suffix = ".png"
     paper_shadow = (4000, 4000)

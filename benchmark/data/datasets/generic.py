@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.data.adapters import DatasetAdapter, group_by_pattern, save_png
+from benchmark.data.adapters import GROUP_PATTERN, DatasetAdapter, group_by_pattern, save_png
 from benchmark.data.labels import IGNORE_INDEX, TRAINID_TO_CATEGORY
 from benchmark.data.scene import Style
 from benchmark.errors import SegleakError
@@ -36,7 +36,7 @@ class Generic(DatasetAdapter):
         "ignore_index": Param(int, default=IGNORE_INDEX, low=0, high=255),
         "img_suffix": Param(str, default=".jpg"),
         "seg_map_suffix": Param(str, default=".png"),
-        "group_pattern": Param(str, default=None, nullable=True),
+        "group_pattern": GROUP_PATTERN,
     }
     # a sunny, saturated style of its own (the twin is another domain than the three street datasets)
     synthetic_style = Style(horizon=(0.35, 0.5), sky=(150, 190, 240), sky_jitter=15, saturation=1.2, brightness=1.05,
