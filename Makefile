@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install benchmark test test-fast ui leaderboard plots bench gpu-check docker cluster-test clean
+.PHONY: install chromium benchmark test test-fast ui leaderboard plots bench gpu-check docker cluster-test clean
 
 install: $(STAMP)
 
@@ -28,18 +28,26 @@ $(STAMP):
 	$(PIP) install -q --upgrade "pip>=24,<26"
 	# torch first, from the CPU wheel, so nothing later pulls a CUDA build
 	$(PIP) install -q $(TORCH_REQ)
-	# mmcv 2.1.0's setup.py imports pkg_resources (removed in setuptools>=70)
-	$(PIP) install -q "setuptools<70" wheel ninja "numpy<2.5"
+	# mmcv 2.1.0's setup.py needs setuptools<70, below torch's declared >=77.0.3: pip's resolver would print an
+	# ERROR about it although everything works; --no-warn-conflicts keeps a good install free of ERROR lines
+	$(PIP) install -q --no-warn-conflicts "setuptools<70" wheel ninja "numpy<2.5"
 	# compiled ops against the installed torch; --no-build-isolation keeps that torch; pip caches the wheel
-	MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
-	$(PIP) install -q -e ".[test]"
+	MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2 $(PIP) install --no-warn-conflicts --no-build-isolation mmcv==2.1.0
+	$(PIP) install -q --no-warn-conflicts -e ".[test]"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# Debian's headless browser for the tests that read pages (leaderboard, MLflow UI); they skip without it
+chromium:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get -y -qq install chromium >/dev/null 2>&1 || \
+	    { apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get -y -qq install chromium >/dev/null 2>&1; }; }; } || \
+	  echo ">> chromium not installed (needs root and apt-get): the browser tests skip"
 
 benchmark: install
 	$(SEGLEAK) benchmark --profile $(PROFILE) --results $(RESULTS)
 
-test: install
+test: install chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

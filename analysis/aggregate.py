@@ -140,15 +140,16 @@ def protocol_crossfit(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def comparable(table: pd.DataFrame) -> pd.DataFrame:
+def comparable(table: pd.DataFrame, keys: tuple[str, ...] = ("setting", "dataset", "shadow_dataset", "victim_arch"),
+               across: tuple[str, ...] = ("defense_label",)) -> pd.DataFrame:
     """Only the attacks that ran against every defense setting of their (setting, victim arch), the strongest
     re-chosen among them: defenses compared by the strongest attack each faced must have faced the same
     attacks (one attacked by the shadow attacks alone would look safer than one that also faced LiRA). A
-    group with no attack in common keeps all of its attacks."""
-    keys = ["setting", "dataset", "shadow_dataset", "victim_arch"]
+    group with no attack in common keeps all of its attacks. `keys` and `across` compare other things alike:
+    the overlap heatmap compares shadow overlaps and architectures under the attacks that ran at every one."""
     kept = []
-    for _, group in table.groupby(keys, dropna=False, sort=False):
-        faced = group[group["control"] == "none"].groupby("defense_label")["attack_label"].agg(set)
+    for _, group in table.groupby(list(keys), dropna=False, sort=False):
+        faced = group[group["control"] == "none"].groupby(list(across), dropna=False)["attack_label"].agg(set)
         common = set.intersection(*faced) if len(faced) else set()
         kept.append(group[group["attack_label"].isin(common)] if common else group)
     if not kept:

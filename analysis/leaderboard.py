@@ -1,26 +1,30 @@
 """Leaderboard tables from one invocation: tidy CSV, Markdown and a self-contained HTML page.
 
-Both human formats render the same neutral table model (sections of rows of `Cell`s), so Markdown and HTML
-can never disagree on a number.
+Both human formats render the same neutral table model (sections of rows of `Cell`s) through Jinja2 templates
+(analysis/templates) with autoescaping, so Markdown and HTML can never disagree on a number and neither lets a
+grid or dataset name inject markup. Both open on the key results (analysis.headline).
 """
 
 from __future__ import annotations
 
-import html
 import math
 import re
 from pathlib import Path
 
 import pandas as pd
+from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup, escape
 
-from analysis.aggregate import SELECTION_RULE, aggregate, comparable, worst_case
+from analysis.aggregate import SELECTION_RULE, aggregate, comparable, strongest, worst_case
 from analysis.audit import audit_sections
+from analysis.headline import REAL, SYNTHETIC, data_line, dataset_label, key_results, null_tally, setting_heading, summary_lines
 from analysis.matched import matched_sections
 from analysis.runs import GridRuns, load_runs
+from analysis.style import leak_colour
 from analysis.table import MISSING, Cell, Section
 
 CSV_COLUMNS = (
-    "setting", "dataset", "shadow_dataset", "victim_arch", "shadow_arch", "shadow_overlap", "defense",
+    "setting", "dataset", "data_source", "shadow_dataset", "shadow_data_source", "victim_arch", "shadow_arch", "shadow_overlap", "defense",
     "defense_params", "defense_label", "control", "attack", "representation", "attack_label", "strongest",
     "status", "n_seeds", "seeds", "n_failed", "error", "refused", "missing", "placebo_pass", "tuned",
 )
@@ -32,12 +36,15 @@ CSV_METRICS = (
 )
 NO_CELLS = "This invocation has no attack cells yet."
 LEGEND = (
-    "Each cell: the strongest attack (bold), its ROC-AUC as mean ± std over seeds with the mean bootstrap "
-    "interval in brackets (over groups of images where they share one), TPR at 1% FPR with its Clopper-Pearson "
-    "interval, the victim's held-out mIoU, and the number of members / non-members scored (images the "
-    f"attacker trained on are never scored). The {SELECTION_RULE}. {MISSING} = not in the grid, not resolvable "
-    "by the data, or refused by the attack (hover for why); failed = every seed of every attack failed."
+    "Score tables: one row per defense setting and victim architecture, the attacker's worst case over shadow "
+    "overlaps and architectures, among the attacks that ran against every defense of the setting (so each faced "
+    "the same). AUC as mean ± std over seeds with the mean bootstrap interval in brackets (over groups of images "
+    "where they share one), TPR at 1% FPR with its Clopper-Pearson interval, the victim's held-out mIoU, and the "
+    "members / non-members scored (images the attacker trained on are never scored). The "
+    f"{SELECTION_RULE}. {MISSING} = not in the grid or not resolvable by the data; failed = every seed of every "
+    "attack failed. Every cell and attack, with every metric, is in leaderboard.csv."
 )
+TEMPLATES = Path(__file__).with_name("templates")
 
 
 def _num(mean: float, std: float = math.nan) -> str:
@@ -50,39 +57,9 @@ def _count(value: float) -> str:
     return MISSING if value is None or math.isnan(value) else f"{value:.0f}"
 
 
-def _auc(row: pd.Series) -> str:
+def _auc(row: pd.Series, prefix: str = "AUC ") -> str:
     interval = "" if math.isnan(row["auc_ci_low_mean"]) else f" [{row['auc_ci_low_mean']:.3f}, {row['auc_ci_high_mean']:.3f}]"
-    return f"AUC {_num(row['auc_mean'], row['auc_std'])}{interval}"
-
-
-def _score_cell(group: pd.DataFrame) -> Cell:
-    """The strongest attack of a cell, or why there is none."""
-    if group.empty:
-        return Cell([MISSING], state="missing", title="not in this grid")
-    best = group[group["strongest"]]
-    if best.empty and (group["status"] == "refused").all():
-        return Cell([MISSING], state="missing", title="refused: " + "; ".join(dict.fromkeys(group["refused"])))
-    if best.empty:
-        failed = (group["status"] == "failed").any()
-        errors = "; ".join(dict.fromkeys(e for error in group["error"] for e in error.split("; ") if e))
-        return Cell(["failed" if failed else "unfinished"], state="failed", title=errors or "no finished run")
-    row = best.iloc[0]
-    tpr = _num(row["tpr_at_1pct_fpr_mean"], row["tpr_at_1pct_fpr_std"])
-    if tpr != MISSING and not math.isnan(row["tpr_at_1pct_fpr_ci_low_mean"]):
-        tpr += f" [{row['tpr_at_1pct_fpr_ci_low_mean']:.3f}, {row['tpr_at_1pct_fpr_ci_high_mean']:.3f}]"
-    lines = [
-        _auc(row),
-        f"TPR@1%FPR {tpr}",
-        f"mIoU {_num(row['victim_miou_mean'], row['victim_miou_std'])}",
-        f"n = {_count(row['n_members_mean'])} / {_count(row['n_nonmembers_mean'])}",
-    ]
-    n_failed = int(group["n_failed"].sum())
-    if n_failed:
-        lines.append(f"{n_failed} run{'s' if n_failed > 1 else ''} failed")
-    others = [f"{r.attack_label}: AUC {_num(r.auc_mean)} (calibration {_num(r.calibration_auc_mean)})"
-              if r.status == "ok" else f"{r.attack_label}: {r.status}" for r in group.itertuples() if not r.strongest]
-    notes = [n for n in (*others, *group["missing"], *group["error"]) if n]
-    return Cell(lines, strong=str(row["attack_label"]), title="; ".join(dict.fromkeys(notes)))
+    return f"{prefix}{_num(row['auc_mean'], row['auc_std'])}{interval}"
 
 
 def _row_header(key: tuple) -> list[Cell]:
@@ -90,30 +67,84 @@ def _row_header(key: tuple) -> list[Cell]:
     return [Cell([str(arch)]), Cell([MISSING if math.isnan(overlap) else f"{overlap:g}"]), *(Cell([str(s)]) for s in shadow)]
 
 
-def _setting_heading(setting: str, dataset: str, shadow: str) -> str:
-    return f"{setting}: victim {dataset}, shadow {shadow}"
+def _tpr(row: pd.Series) -> str:
+    tpr = _num(row["tpr_at_1pct_fpr_mean"], row["tpr_at_1pct_fpr_std"])
+    if tpr != MISSING and not math.isnan(row["tpr_at_1pct_fpr_ci_low_mean"]):
+        tpr += f" [{row['tpr_at_1pct_fpr_ci_low_mean']:.3f}, {row['tpr_at_1pct_fpr_ci_high_mean']:.3f}]"
+    return tpr
 
 
-def _score_section(setting_key: tuple, table: pd.DataFrame) -> Section:
-    with_shadow = bool((table["shadow_arch"] != table["victim_arch"]).any())
-    keys = ["victim_arch", "shadow_overlap", *(["shadow_arch"] if with_shadow else [])]
-    labels = list(dict.fromkeys(table.sort_values("defense_rank")["defense_label"]))
-    section = Section(
-        _setting_heading(*setting_key),
-        ["victim arch", "shadow overlap", *(["shadow arch"] if with_shadow else []), *labels],
-    )
-    for key, rows in table.groupby(keys, dropna=False, sort=True):
-        section.rows.append(
-            _row_header(key) + [_score_cell(rows[rows["defense_label"] == label]) for label in labels]
-        )
+def _shadow_text(overlap: float, shadow_arch: str, victim_arch: str) -> str:
+    text = "independent" if math.isnan(overlap) else f"overlap {overlap:g}"
+    return text if shadow_arch == victim_arch else f"{text}, {shadow_arch}"
+
+
+def _by_shadow(rows: pd.DataFrame) -> str:
+    """The strongest attack's AUC at each shadow overlap (and shadow arch) the attacker could use."""
+    best = strongest(rows).sort_values(["shadow_overlap", "shadow_arch"])
+    parts = [f"{'—' if math.isnan(r.shadow_overlap) else f'{r.shadow_overlap:g}'}"
+             f"{'' if r.shadow_arch == r.victim_arch else '/' + r.shadow_arch}: {_num(r.auc_mean)}"
+             for r in best.itertuples()]
+    return " · ".join(parts) or MISSING
+
+
+def _unscored(rows: pd.DataFrame) -> Cell:
+    """Why a defense has no strongest attack: every run refused, failed or is unfinished."""
+    if (rows["status"] == "refused").all():
+        return Cell(["refused"], state="missing", title="refused: " + "; ".join(dict.fromkeys(rows["refused"])))
+    errors = "; ".join(dict.fromkeys(e for error in rows["error"] for e in error.split("; ") if e))
+    failed = (rows["status"] == "failed").any()
+    return Cell(["failed" if failed else "unfinished"], state="failed", title=errors or "no finished run")
+
+
+def _defense_row(rows: pd.DataFrame, worst: pd.DataFrame) -> list[Cell]:
+    """One defense setting against one victim arch: the attacker's worst case over shadow overlaps and archs."""
+    first = rows.iloc[0]
+    head = [Cell([str(first["defense_label"])]), Cell([str(first["victim_arch"])])]
+    if worst.empty:
+        return head + [_unscored(rows)] + [Cell([MISSING], state="missing") for _ in range(len(SCORE_HEADER) - 3)]
+    row = worst.iloc[0]
+    cell = rows[(rows["shadow_overlap"].fillna(-1) == (-1 if math.isnan(row["shadow_overlap"]) else row["shadow_overlap"]))
+                & (rows["shadow_arch"] == row["shadow_arch"])]
+    others = [f"{r.attack_label}: AUC {_num(r.auc_mean)} (calibration {_num(r.calibration_auc_mean)})"
+              if r.status == "ok" else f"{r.attack_label}: {r.status}" for r in cell.itertuples() if not r.strongest]
+    notes = "; ".join(dict.fromkeys(n for n in (*others, *cell["missing"], *cell["error"]) if n))
+    n_failed = int(rows["n_failed"].sum())
+    seeds = f"{int(row['n_seeds'])}" + (f" (+{n_failed} run{'s' if n_failed > 1 else ''} failed)" if n_failed else "")
+    return head + [
+        Cell([str(row["attack_label"])], title=notes),
+        Cell([_auc(row, prefix="")], title=notes, auc=row["auc_mean"]),
+        Cell([_tpr(row)], title=row["missing"]),
+        Cell([_num(row["victim_miou_mean"])], title=f"std over seeds {_num(row['victim_miou_std'])}"),
+        Cell([_shadow_text(row["shadow_overlap"], row["shadow_arch"], row["victim_arch"])]),
+        Cell([_by_shadow(rows)]),
+        Cell([f"{_count(row['n_members_mean'])} / {_count(row['n_nonmembers_mean'])}"]),
+        Cell([seeds], state="failed" if n_failed else "ok", title=_join(rows["error"])),
+    ]
+
+
+def _join(values: pd.Series) -> str:
+    return "; ".join(dict.fromkeys(v for v in values if v))
+
+
+SCORE_HEADER = ["defense", "victim arch", "strongest attack", "AUC ± std [interval]", "TPR@1%FPR [interval]",
+                "victim mIoU", "worst-case shadow", "AUC by shadow overlap", "members / non-members", "seeds"]
+
+
+def _score_section(setting_key: tuple, table: pd.DataFrame, sources: dict[str, str]) -> Section:
+    """One row per defense setting and victim arch (the attacker's worst case), defenses in registry order."""
+    section = Section(setting_heading(*setting_key, sources), list(SCORE_HEADER))
+    worst = worst_case(table)
+    for (_, label, arch), rows in table.groupby(["defense_rank", "defense_label", "victim_arch"], sort=True):
+        section.rows.append(_defense_row(rows, worst[(worst["defense_label"] == label) & (worst["victim_arch"] == arch)]))
     return section
 
 
-def _placebo_section(setting_key: tuple, table: pd.DataFrame) -> Section:
+def _placebo_section(setting_key: tuple, table: pd.DataFrame, sources: dict[str, str]) -> Section:
     section = Section(
-        f"placebo controls ({_setting_heading(*setting_key)}): a victim that never saw the members must give "
+        f"placebo controls ({setting_heading(*setting_key, sources)}): a victim that never saw the members must give "
         "an AUC interval containing 0.5",
-        ["victim arch", "shadow overlap", "shadow arch", "defense", "attack", "AUC", "null check"],
+        ["victim arch", "shadow overlap", "shadow arch", "defense", "attack", "AUC [interval]", "null check"],
     )
     for _, row in table.iterrows():
         if row["status"] != "ok":
@@ -125,7 +156,8 @@ def _placebo_section(setting_key: tuple, table: pd.DataFrame) -> Section:
             verdict = Cell(["✓ pass" if passed else "✗ FAIL"], state="pass" if passed else "fail")
         section.rows.append(
             _row_header((row["victim_arch"], row["shadow_overlap"], row["shadow_arch"]))
-            + [Cell([row["defense_label"]]), Cell([row["attack_label"]]), Cell([_auc(row)]), verdict]
+            + [Cell([row["defense_label"]]), Cell([row["attack_label"]]), Cell([_auc(row, prefix="")], auc=row["auc_mean"]),
+               verdict]
         )
     return section
 
@@ -167,246 +199,116 @@ def blind_notes(blind: pd.DataFrame, setting_key: tuple) -> list[str]:
     return notes
 
 
-def build_sections(table: pd.DataFrame, models: pd.DataFrame, blind: pd.DataFrame | None = None) -> list[Section]:
+def build_sections(table: pd.DataFrame, models: pd.DataFrame, blind: pd.DataFrame | None = None,
+                   sources: dict[str, str] | None = None) -> list[Section]:
     """Score tables per dataset setting (with its blind baseline), each followed by its placebo controls; then
-    the victim models."""
+    the matched-utility tables and the victim models."""
+    sources = sources or {}
     sections = []
     for setting_key, frame in table.groupby(["setting", "dataset", "shadow_dataset"], sort=True):
         scored = frame[frame["control"] == "none"]
         if not scored.empty:
-            section = _score_section(setting_key, scored)
+            section = _score_section(setting_key, comparable(scored), sources)
             section.notes = blind_notes(blind, setting_key) if blind is not None and not blind.empty else []
             sections.append(section)
         placebo = frame[frame["control"] != "none"]
         if not placebo.empty:
-            sections.append(_placebo_section(setting_key, placebo))
-    sections += matched_sections(worst_case(comparable(table)))
-    victims = models[models["role"] == "victim"]
+            sections.append(_placebo_section(setting_key, placebo, sources))
+    worst = worst_case(comparable(table))
+    if not worst.empty:  # headings name the data source
+        worst = worst.assign(**{c: [dataset_label(d, sources) for d in worst[c]] for c in ("dataset", "shadow_dataset")})
+    sections += matched_sections(worst)
+    victims = models[models["role"] == "victim"] if not models.empty else models
     if not victims.empty:
         sections.append(_victims_section(victims))
     return sections
 
 
-def _markdown_cell(cell: Cell) -> str:
-    lead = f"**{cell.strong}**<br>" if cell.strong else ""
-    return (lead + "<br>".join(cell.lines)).replace("|", "\\|")
-
-
-def to_markdown(sections: list[Section], runs: GridRuns) -> str:
-    """GitHub-flavoured Markdown; line breaks inside cells as <br>."""
-    out = [f"# segleak leaderboard: {runs.experiment}", "", f"Invocation run `{runs.parent_run_id}`.", "", LEGEND, ""]
-    if not sections:
-        out += [NO_CELLS, ""]
-    for section in sections:
-        out += [f"## {section.heading}", ""] + [f"> {note}" for note in section.notes] + ([""] if section.notes else [])
-        out += ["| " + " | ".join(section.header) + " |", "|" + "---|" * len(section.header)]
-        out += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in section.rows]
-        out.append("")
-    return "\n".join(out)
-
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;background:#fff}
-h1{font-size:1.5em;margin:0 0 .3em} h2{font-size:1.1em;margin:1.6em 0 .5em}
-p.legend{max-width:70em;color:#555;margin:.4em 0}
-p.note{max-width:90em;margin:.3em 0;padding:.3em .6em;border-left:3px solid #9ab;background:#f4f7fa}
-p.note.flagged{border-left-color:#c00;background:#fdecea;font-weight:600}
-.tools{position:sticky;top:0;z-index:5;background:#fff;padding:.5em 0;border-bottom:1px solid #ddd;
-  display:flex;flex-wrap:wrap;gap:.5em 1.5em;align-items:center;font-size:13px}
-.tools input{font:inherit;padding:4px 8px;width:26em;max-width:90vw;border:1px solid #aaa;border-radius:3px}
-#count{color:#555}
-.scale{display:flex;align-items:center;gap:2px} .scale span{padding:2px 7px;border-radius:2px;border:1px solid #ccc}
-.scale .sep{margin-left:1em}
-.wrap{overflow:auto;max-height:80vh;border:1px solid #bbb;margin-bottom:1.5em;width:max-content;max-width:100%}
-table{border-collapse:separate;border-spacing:0;font-size:12px;line-height:1.35}
-th,td{border-right:1px solid #d8d8d8;border-bottom:1px solid #d8d8d8;padding:3px 7px;text-align:left;
-  vertical-align:top;white-space:nowrap}
-thead th{position:sticky;top:0;z-index:2;background:#eceff3;cursor:pointer;user-select:none;border-bottom:2px solid #999}
-thead th:hover{background:#dde3ea}
-thead th::after{content:" \\2195";color:#aaa;font-size:11px}
-thead th[aria-sort=ascending]::after{content:" \\25B2";color:#333}
-thead th[aria-sort=descending]::after{content:" \\25BC";color:#333}
-tbody td:first-child{font-weight:600}
-.key{position:sticky;left:0;z-index:1} tbody td.key{background:#fafafa} thead th.key{z-index:3}
-.key.last{box-shadow:inset -2px 0 0 #999}
-tbody tr:hover td{outline:1px solid #666;outline-offset:-1px}
-td b{color:inherit}
-td.failed,.scale .failed{background:repeating-linear-gradient(135deg,#eee 0 6px,#ddd 6px 12px);color:#7a1010}
-td.missing{color:#999;text-align:center}
-td.pass,.scale .pass{background:#d9f2d9;color:#05570a;font-weight:600}
-td.fail,.scale .fail{background:#ffd6d6;color:#a00;font-weight:bold;outline:2px solid #c00;outline-offset:-2px}
-tr[hidden]{display:none}
-"""
-
-# Leakage colour scale for AUC cells: 0.5 (chance) is white, 1.0 is dark red (ColorBrewer "Reds").
-_REDS = ("#ffffff", "#fff5f0", "#fee0d2", "#fcbba1", "#fc9272", "#fb6a4a", "#ef3b2c", "#cb181d", "#a50f15")
 _AUC = re.compile(r"^AUC (\d+(?:\.\d+)?)")
 
 
-def _luminance(rgb: tuple[float, float, float]) -> float:
-    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in rgb)]
-    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+def _view(cell: Cell) -> dict[str, object]:
+    """A cell as the HTML template draws it: a cell showing an AUC (its `auc`, or a first line that starts
+    with one) is shaded by it and sorts by it."""
+    found = _AUC.match(cell.lines[0]) if cell.state == "ok" and cell.lines and cell.auc is None else None
+    auc = float(found[1]) if found else cell.auc if cell.state == "ok" and cell.auc is not None and not math.isnan(cell.auc) else None
+    value = f"{auc:.3f}" if auc is not None else ""
+    state = f"{cell.state} auc" if value and len(cell.lines) == 1 else cell.state  # an AUC alone: kept on one line
+    return {"state": state, "strong": cell.strong, "lines": cell.lines, "title": cell.title,
+            "value": value, "background": leak_colour(float(value)) if value else ""}
 
 
-def _leak_colours(auc: float) -> tuple[str, str]:
-    """(background, text colour) for an AUC: interpolated on _REDS; AUCs at or below 0.5 are white."""
-    t = min(max((auc - 0.5) / 0.5, 0.0), 1.0) * (len(_REDS) - 1)
-    i = min(int(t), len(_REDS) - 2)
-    lo, hi = (tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for c in _REDS[i:i + 2])
-    rgb = tuple(a + (b - a) * (t - i) for a, b in zip(lo, hi))
-    background = "#" + "".join(f"{round(v):02x}" for v in rgb)
-    lum = _luminance(rgb)  # black or white text, whichever contrasts more: never below 4.5:1 on this scale
-    return background, ("#000" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "#fff")
+def _markdown_cell(cell: Cell | str) -> Markup:
+    """A GitHub table cell: HTML-escaped (a name like `<img onerror=...>` stays text), pipes escaped, lines
+    joined by <br>, the strong lead in bold."""
+    if isinstance(cell, str):
+        cell = Cell([cell])
+    parts = ([f"**{escape(cell.strong)}**"] if cell.strong else []) + [str(escape(line)) for line in cell.lines]
+    return Markup("<br>".join(parts).replace("|", "\\|").replace("\n", " "))
 
 
-def _html_cell(cell: Cell) -> str:
-    """A <td>; a cell that leads with an AUC is coloured by it and sorts by it (data-v)."""
-    lead = f"<b>{html.escape(cell.strong)}</b><br>" if cell.strong else ""
-    body = "<br>".join(html.escape(line) for line in cell.lines)
-    title = f' title="{html.escape(cell.title)}"' if cell.title else ""
-    found = _AUC.match(cell.lines[0]) if cell.state == "ok" and cell.lines else None
-    if found:
-        background, colour = _leak_colours(float(found[1]))
-        return (f'<td class="{cell.state}" style="background:{background};color:{colour}" data-v="{found[1]}"{title}>'
-                f"{lead}{body}</td>")
-    return f'<td class="{cell.state}"{title}>{lead}{body}</td>'
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True,
+                      trim_blocks=False, lstrip_blocks=False)
+    env.filters["cell"] = _markdown_cell
+    return env
 
 
-# Sort (click or Enter on a header; numbers first high-to-low, text A-Z; again to reverse; blanks stay last)
-# and filter (rows containing every word typed). Inline and dependency-free: the page works offline.
-_SCRIPT = """
-(function(){
-  var MISSING = '\\u2014';
-  function key(td){
-    if(!td) return null;
-    var v = td.getAttribute('data-v'), t = v !== null ? v : td.textContent.trim();
-    if(t === '' || t === MISSING) return null;
-    return /^-?\\d+(\\.\\d+)?$/.test(t) ? parseFloat(t) : t.toLowerCase();
-  }
-  function sortBy(th){
-    var table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
-    var rows = Array.prototype.slice.call(body.rows);
-    var numeric = rows.some(function(r){ return typeof key(r.cells[col]) === 'number'; });
-    var now = th.getAttribute('aria-sort');
-    var dir = now ? (now === 'ascending' ? -1 : 1) : (numeric ? -1 : 1);
-    Array.prototype.forEach.call(th.parentNode.cells, function(c){ c.removeAttribute('aria-sort'); });
-    th.setAttribute('aria-sort', dir === 1 ? 'ascending' : 'descending');
-    rows.sort(function(a, b){
-      var x = key(a.cells[col]), y = key(b.cells[col]);
-      if(x === null || y === null) return (x === null) - (y === null);
-      if(typeof x !== typeof y) return typeof x === 'number' ? -1 : 1;
-      return dir * (typeof x === 'number' ? x - y : x.localeCompare(y));
-    });
-    rows.forEach(function(r){ body.appendChild(r); });
-  }
-  document.querySelectorAll('thead th').forEach(function(th){
-    th.tabIndex = 0;
-    th.title = 'sort by this column (click again to reverse)';
-    th.addEventListener('click', function(){ sortBy(th); });
-    th.addEventListener('keydown', function(e){
-      if(e.key === 'Enter' || e.key === ' '){ e.preventDefault(); sortBy(th); }
-    });
-  });
-  var box = document.getElementById('filter'), count = document.getElementById('count');
-  function filter(){
-    var words = box.value.toLowerCase().split(/\\s+/).filter(Boolean), shown = 0, total = 0;
-    document.querySelectorAll('tbody tr').forEach(function(tr){
-      var text = tr.textContent.toLowerCase();
-      var keep = words.every(function(w){ return text.indexOf(w) >= 0; });
-      tr.hidden = !keep; total += 1; shown += keep ? 1 : 0;
-    });
-    count.textContent = words.length ? shown + ' of ' + total + ' rows' : '';
-  }
-  box.addEventListener('input', function(){ filter(); pin(); });
-  // Keep a table's row keys in view while it scrolls sideways: the columns left of its first AUC column
-  // (the first column where a table has none), pinned at their current widths; nothing for a table that fits.
-  function pin(){
-    document.querySelectorAll('.wrap table').forEach(function(table){
-      var head = table.tHead.rows[0], rows = Array.prototype.slice.call(table.tBodies[0].rows), keys = 0;
-      table.querySelectorAll('.key').forEach(function(c){ c.classList.remove('key', 'last'); c.style.left = ''; });
-      var wrap = table.parentNode;
-      if(wrap.scrollWidth <= wrap.clientWidth + 1) return;
-      rows.forEach(function(r){
-        var i = Array.prototype.findIndex.call(r.cells, function(c){ return c.hasAttribute('data-v'); });
-        if(i > 0 && (keys === 0 || i < keys)) keys = i;
-      });
-      keys = keys || 1;
-      var left = 0;
-      for(var i = 0; i < keys && i < head.cells.length; i++){
-        var cells = [head.cells[i]].concat(rows.map(function(r){ return r.cells[i]; }));
-        cells.forEach(function(c){
-          if(!c) return;
-          c.classList.add('key'); c.classList.toggle('last', i === keys - 1); c.style.left = left + 'px';
-        });
-        left += head.cells[i].getBoundingClientRect().width;
-      }
-    });
-  }
-  window.addEventListener('resize', pin);
-  filter();
-  pin();
-})();
-"""
+def _context(sections: list[Section], runs: GridRuns, table: pd.DataFrame | None) -> dict[str, object]:
+    """What both templates show: the key results first, then the sections."""
+    table = table if table is not None else pd.DataFrame()
+    blind = getattr(runs, "blind", pd.DataFrame())
+    sources = getattr(runs, "sources", {}) or {}
+    datasets = sorted(set(table["dataset"]) | set(table["shadow_dataset"])) if not table.empty else sorted(sources)
+    badges = [s for s in (SYNTHETIC, REAL) if s in {sources.get(d) for d in datasets}]
+    return {
+        "experiment": runs.experiment, "parent_run_id": runs.parent_run_id, "legend": LEGEND, "no_cells": NO_CELLS,
+        "source_suffix": f" ({' and '.join(badges)} data)" if badges else "", "source_badges": badges,
+        "data_line": data_line(datasets, sources),
+        "key_results": key_results(table, sources) if not table.empty else [],
+        "nulls": null_tally(table if not table.empty else pd.DataFrame(columns=["control"]), blind),
+        "sections": sections,
+        "scale": [{"label": f"{a:.1f}", "background": leak_colour(a)} for a in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)],
+    }
 
 
-def _scale_html() -> str:
-    """The colour key: AUC swatches from 0.5 to 1.0, then the placebo and failure styles."""
-    swatches = []
-    for auc in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
-        background, colour = _leak_colours(auc)
-        swatches.append(f'<span style="background:{background};color:{colour}">{auc:.1f}</span>')
-    return ('<div class="scale">AUC&nbsp;' + "".join(swatches)
-            + '<span class="pass sep">✓ pass</span><span class="fail">✗ FAIL</span>'
-            + '<span class="failed sep">failed</span></div>')
+def to_markdown(sections: list[Section], runs: GridRuns, table: pd.DataFrame | None = None) -> str:
+    """GitHub-flavoured Markdown, from templates/leaderboard.md.j2; line breaks inside cells as <br>."""
+    return _environment().get_template("leaderboard.md.j2").render(_context(sections, runs, table))
 
 
-def to_html(sections: list[Section], runs: GridRuns) -> str:
-    """One self-contained page (inline CSS and script, no external assets): AUC cells coloured by leakage,
-    headers that stay in view and sort on click, a filter box; wide tables scroll inside their section."""
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>segleak leaderboard: {html.escape(runs.experiment)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>segleak leaderboard: {html.escape(runs.experiment)}</h1>",
-        f"<p>Invocation run <code>{html.escape(runs.parent_run_id)}</code>.</p>",
-        f'<p class="legend">{html.escape(LEGEND)} Hover a cell for the other attacks and any error; '
-        "click a column header to sort by it.</p>",
-        '<div class="tools"><label>Filter rows <input id="filter" type="search" '
-        'placeholder="e.g. pspnet 0.5" autocomplete="off"></label><span id="count"></span>'
-        f"{_scale_html()}</div>",
-    ]
-    if not sections:
-        parts.append(f"<p>{NO_CELLS}</p>")
-    for section in sections:
-        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
-        parts += [f'<p class="note{" flagged" if "FLAGGED" in note else ""}">{html.escape(note)}</p>'
-                  for note in section.notes]
-        parts.append('<div class="wrap"><table><thead><tr>')
-        parts += [f'<th scope="col">{html.escape(h)}</th>' for h in section.header]
-        parts.append("</tr></thead><tbody>")
-        parts += ["<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in section.rows]
-        parts.append("</tbody></table></div>")
-    parts.append(f"<script>{_SCRIPT}</script>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def to_html(sections: list[Section], runs: GridRuns, table: pd.DataFrame | None = None) -> str:
+    """One self-contained page (inline CSS and script, no external assets) from templates/leaderboard.html.j2:
+    the key results, then AUC cells coloured by leakage, headers that stay in view and sort on click, a filter."""
+    page = {**_context(sections, runs, table)}
+    page["sections"] = [Section(s.heading, s.header, [[_view(c) for c in row] for row in s.rows], s.notes)
+                        for s in sections]
+    return _environment().get_template("leaderboard.html.j2").render(page)
 
 
-def to_csv(table: pd.DataFrame) -> pd.DataFrame:
-    """Tidy: one row per cell and attack, each metric's mean and std over seeds."""
+def to_csv(table: pd.DataFrame, sources: dict[str, str] | None = None) -> pd.DataFrame:
+    """Tidy: one row per cell and attack, each metric's mean and std over seeds, and where the data came from."""
+    sources = sources or {}
     metrics = [f"{m}_{s}" for m in CSV_METRICS for s in ("mean", "std")]
-    return table.reindex(columns=[*CSV_COLUMNS, *metrics])
+    out = table.reindex(columns=[*CSV_COLUMNS, *metrics])
+    out["data_source"] = table["dataset"].map(sources) if "dataset" in table else None
+    out["shadow_data_source"] = table["shadow_dataset"].map(sources) if "shadow_dataset" in table else None
+    return out
+
+
+KEY_RESULTS = "key_results.txt"
 
 
 def write_leaderboard(tracking_uri: str, experiment: str | None, out: Path, parent_run_id: str | None = None) -> list[Path]:
-    """Write leaderboard.{csv,md,html} for an invocation (default: the experiment's latest) into `out`."""
+    """Write leaderboard.{csv,md,html} and key_results.txt (what the end of a run prints) for an invocation
+    (default: the experiment's latest) into `out`."""
     runs = load_runs(tracking_uri, experiment, parent_run_id)
     table = aggregate(runs.cells)
-    sections = build_sections(table, runs.models, runs.blind)
-
-    sections += audit_sections(runs.audits)
+    sections = build_sections(table, runs.models, runs.blind, runs.sources) + audit_sections(runs.audits)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.html"]
-    to_csv(table).to_csv(paths[0], index=False)
-    paths[1].write_text(to_markdown(sections, runs), encoding="utf-8")
-    paths[2].write_text(to_html(sections, runs), encoding="utf-8")
+    paths = [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.html", out / KEY_RESULTS]
+    to_csv(table, runs.sources).to_csv(paths[0], index=False)
+    paths[1].write_text(to_markdown(sections, runs, table), encoding="utf-8")
+    paths[2].write_text(to_html(sections, runs, table), encoding="utf-8")
+    paths[3].write_text("\n".join(summary_lines(table, runs.blind, runs.sources)) + "\n", encoding="utf-8")
     return paths

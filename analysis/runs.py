@@ -6,13 +6,16 @@ plot code never touches MLflow and can be tested on frames alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
+from urllib.parse import quote
 
 import pandas as pd
 from mlflow.entities import Experiment
@@ -20,13 +23,36 @@ from mlflow.tracking import MlflowClient
 
 from analysis.schema import (
     AUDIT, AUDIT_KIND_METRICS, AUDIT_METRICS, AUDIT_PARAMS, BLIND, BLIND_METRICS, BLIND_PARAMS, CELL, CELL_METRICS,
-    CELL_PARAMS, ERROR_TAG, INVOCATION, KIND_TAG,
+    CELL_PARAMS, DATA_SOURCES_PARAM, ERROR_TAG, INVOCATION, KIND_TAG, LOGGED_AS,
     MISSING_PREFIX, MODEL, MODEL_METRICS, MODEL_PARAMS, PARENT_TAG, PLACEBO_TAG, REFUSED_TAG, SETTING_TAG, TUNED_TAG,
     member_tag,
 )
 from benchmark.errors import SegleakError
 
 _SYMBOLS = {"sigma": "σ", "epsilon": "ε", "target_epsilon": "ε"}
+# tables every MLflow SQLite store has (MLflow's own check lists all of its ORM's tables)
+MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "params", "metrics", "tags"})
+
+
+def reading_client(tracking_uri: str) -> MlflowClient:
+    """A client that cannot change the store: a SQLite file is checked to be an MLflow store first, opened
+    read-only (MLflow would otherwise create its 66 tables in any SQLite file, or in a missing one)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri)  # a server or a database server: nothing migrates an existing store
+    path = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+    if not path.is_file():
+        raise SegleakError(f"no MLflow store at {tracking_uri}: run `segleak benchmark` first (or pass --tracking-uri)")
+    ro_uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(ro_uri, uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise SegleakError(f"{path} is not an MLflow store ({exc}); it was left as it was") from None
+    if not MLFLOW_TABLES <= tables:
+        raise SegleakError(f"{path} is not an MLflow store (it lacks the tables {', '.join(sorted(MLFLOW_TABLES - tables))}); "
+                           "it was left as it was")
+    # the driver's own scheme: with `sqlite:///`, MLflow would make the folders of "file:/..." in the current folder
+    return MlflowClient(f"sqlite+pysqlite:///{ro_uri}&uri=true")
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,7 @@ class GridRuns:
     models: pd.DataFrame
     blind: pd.DataFrame
     audits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sources: dict[str, str] = field(default_factory=dict)  # dataset name -> "synthetic" | "real"
 
 
 def _kind_filter(kind: str) -> str:
@@ -48,11 +75,16 @@ def _kind_filter(kind: str) -> str:
 
 def _resolve_experiment(client: MlflowClient, tracking_uri: str, name: str | None) -> Experiment:
     """The named experiment, or the newest one holding a segleak invocation."""
-    if name is not None:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise SegleakError(f"no MLflow experiment named {name!r} in {tracking_uri}")
-        return experiment
+    if name is None:
+        return newest_experiment(client, tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise SegleakError(f"no MLflow experiment named {name!r} in {tracking_uri}")
+    return experiment
+
+
+def newest_experiment(client: MlflowClient, tracking_uri: str) -> Experiment:
+    """The newest experiment holding a segleak invocation (what the reading commands and the UI default to)."""
     for experiment in client.search_experiments(order_by=["creation_time DESC"]):
         if client.search_runs([experiment.experiment_id], _kind_filter(INVOCATION), max_results=1):
             return experiment
@@ -152,7 +184,8 @@ def _typed(frame: pd.DataFrame, params: Sequence[str], metrics: Sequence[str]) -
     """Run id, status, the named params (text) and metrics (floats, NaN where absent) of each run."""
     out = pd.DataFrame({"run_id": frame["run_id"], "status": frame["status"]})
     for name in params:
-        out[name] = _column(frame, f"params.{name}")
+        logged = _column(frame, f"params.{LOGGED_AS.get(name, name)}")
+        out[name] = logged.where(logged.notna(), _column(frame, f"params.{name}"))  # runs logged before LOGGED_AS
     for name in metrics:
         out[name] = pd.to_numeric(_column(frame, f"metrics.{name}"), errors="coerce")
     return out
@@ -209,10 +242,7 @@ def _audits(frame: pd.DataFrame) -> pd.DataFrame:
 
 def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | None = None) -> GridRuns:
     """The cells and models of one invocation: `parent_run_id`, else the experiment's latest one."""
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        # MLflow would create an empty store there; a reader should say that nothing was run instead
-        raise SegleakError(f"no MLflow store at {tracking_uri}: run `segleak benchmark` first (or pass --tracking-uri)")
-    client = MlflowClient(tracking_uri)
+    client = reading_client(tracking_uri)
     resolved = _resolve_experiment(client, tracking_uri, experiment)
     parent = parent_run_id or _latest_invocation(client, tracking_uri, resolved)
     frame = _descendants(_runs_frame(client, resolved.experiment_id), parent)
@@ -225,12 +255,13 @@ def load_runs(tracking_uri: str, experiment: str | None, parent_run_id: str | No
         models=_models(frame[kind == MODEL]),
         blind=_blind(frame[kind == BLIND]),
         audits=_audits(frame[kind == AUDIT]),
+        sources=json.loads(client.get_run(parent).data.params.get(DATA_SOURCES_PARAM, "{}")),
     )
 
 
 def download_scores(tracking_uri: str, run_id: str, dst: Path) -> pd.DataFrame | None:
     """A cell's scores.csv (image_id, is_member, score), or None when the run has none."""
-    client = MlflowClient(tracking_uri)
+    client = reading_client(tracking_uri)
     if not any(f.path == "scores.csv" for f in client.list_artifacts(run_id)):
         return None
     dst.mkdir(parents=True, exist_ok=True)

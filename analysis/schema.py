@@ -28,14 +28,28 @@ MEMBER_PREFIX = "segleak.in."
 # who runs an invocation: a later invocation closes a RUNNING parent run whose process is provably gone
 HOST_ID_TAG, PID_TAG, PID_START_TAG = "segleak.host_id", "segleak.pid", "segleak.pid_start"
 LEADERBOARD_TAG = "segleak.leaderboard"
+# the invocation's param naming each grid dataset's source, JSON {name: "synthetic" | "real"}: the embedded
+# synthetic twins carry real datasets' names, and the report must never present them as the real data
+DATA_SOURCES_PARAM = "data_sources"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
-# MLflow 3's UI opens an experiment of this kind on its runs table (the default is the GenAI overview)
+# the experiment's kind in MLflow 3 ("Model training"); a fresh browser still opens it on the GenAI overview
+# unless the address says workflowType=machine_learning, as `segleak ui` prints it (analysis.ui)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def run_name(setting: str, defense: str, what: str, detail: str, control: str = "none") -> str:
+    """Every kind names its runs alike: setting · defense · attack (or a model's role) · arch, data, overlap,
+    seed [· control], so two runs differ in name where they differ in what they measured."""
+    return " · ".join([setting, defense, what, detail, *([control] if control != "none" else [])])
 
 
 def member_tag(parent_run_id: str) -> str:
     """The tag that lists a unit's run among the runs of the invocation `parent_run_id`."""
     return f"{MEMBER_PREFIX}{parent_run_id}"
+
+# one parameter vocabulary across run kinds: a cell logs its victim's arch as `arch` and its shadow's overlap
+# with the victim's members as `overlap`, as model, audit and blind runs name them (readers take either name)
+LOGGED_AS = {"victim_arch": "arch", "shadow_overlap": "overlap"}
 
 CELL_PARAMS = (
     "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",

@@ -2,6 +2,8 @@
 
 The server runs in its own process group and is stopped by signalling the whole group, because stopping
 only its PID leaves worker children behind (seen with MLflow 3.17). The job runner is disabled for the same reason.
+The server gets SIGTERM from the kernel when the thread that started it dies (prctl PR_SET_PDEATHSIG), so a
+`kill -9` of `segleak ui` does not leave it holding the port; `mlflow server` forwards the signal to uvicorn.
 A stop signal that arrives while the server is being spawned is held until its process is recorded, so the
 caller's handler can always stop it. Messages show the store URI with its password masked.
 """
@@ -9,6 +11,7 @@ caller's handler can always stop it. Messages show the store URI with its passwo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -34,6 +37,12 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the forked child before exec: SIGTERM when the parent goes, however it goes (also SIGKILL)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = HOST) -> int:
@@ -115,7 +124,8 @@ class TrackingServer:
         try:
             with _stop_signals_held():
                 self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                                start_new_session=True)
+                                                start_new_session=True,
+                                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
             deadline = time.monotonic() + self.start_timeout_s
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:

@@ -10,12 +10,14 @@ MISSING = "—"
 
 @dataclass
 class Cell:
-    """One table cell: its text lines, an optional bold lead, a state for styling, a tooltip."""
+    """One table cell: its text lines, an optional bold lead, a state for styling, a tooltip, and the AUC it
+    shows (the HTML page shades and sorts the cell by it)."""
 
     lines: list[str]
     strong: str = ""
     state: str = "ok"
     title: str = ""
+    auc: float | None = None
 
 
 @dataclass

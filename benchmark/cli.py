@@ -153,7 +153,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 def _cmd_plots(args: argparse.Namespace) -> int:
     from analysis.plots import write_plots
 
-    for path in write_plots(_tracking_uri(args), args.experiment, _report_dir(args, "plots")):
+    for path in write_plots(_tracking_uri(args), args.experiment, _report_dir(args, "plots"), style=args.style):
         print(path)
     return 0
 
@@ -283,12 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, handler, text in (
         ("leaderboard", _cmd_leaderboard, "leaderboard tables (CSV, Markdown, HTML) from MLflow"),
-        ("plots", _cmd_plots, "comparison plots (PNG, SVG) from MLflow"),
+        ("plots", _cmd_plots, "comparison plots (PNG, SVG with editable text, PDF) from MLflow"),
     ):
         cmd = sub.add_parser(name, help=text)
         _add_tracking(cmd)
         cmd.add_argument("--experiment", help="MLflow experiment (default: the most recent segleak experiment)")
         cmd.add_argument("--out", help=f"output folder (default: <results>/report/{name}, as the benchmark writes)")
+        if name == "plots":
+            cmd.add_argument("--style", choices=("screen", "paper"), default="screen",
+                             help="screen (default) | paper: one- or two-column widths (3.5 / 7.16 in), small fonts")
         cmd.set_defaults(handler=handler)
 
     listing = sub.add_parser("list", help="the registered components: " + ", ".join(LISTABLE))

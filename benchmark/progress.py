@@ -89,3 +89,60 @@ def _lines(iterable: Iterable[T], desc: str, total: int | None, unit: str, strea
         elapsed = clock() - start
         count = f"{done}/{total}" if total is not None else f"{done}"
         emit(f"{count} {unit} {'done' if completed else 'stopped'} in {elapsed:.1f} s ({_rate(done, elapsed, unit)})")
+
+
+def _duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m: short enough for a line prefix."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Tally:
+    """A run of `total` work items that prints one line per finished item (a grid's units): in a log each
+    line starts with the count, the elapsed time and the time left at the rate so far; on a terminal the
+    lines scroll above a tqdm bar with rate and ETA. Items finished before the run (`done`, reused results)
+    count towards the total but not towards the rate."""
+
+    def __init__(self, total: int, done: int = 0, unit: str = "unit", stream: IO[str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.done, self._first, self._clock = total, done, done, clock
+        self._stream = sys.stderr if stream is None else stream
+        self._start = clock()
+        self._bar = None
+        if _isatty(self._stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=done, unit=unit, file=self._stream, dynamic_ncols=True)
+
+    def prefix(self) -> str:
+        """`[  12/599 1m05s, ~9m40s left]`: where the run stands."""
+        elapsed = self._clock() - self._start
+        ran = self.done - self._first
+        left = "?" if ran <= 0 else _duration((self.total - self.done) * elapsed / ran)
+        return f"[{self.done:>{len(str(self.total))}}/{self.total} {_duration(elapsed)}, ~{left} left]"
+
+    def line(self, text: str, advance: bool = True) -> None:
+        """Print `text` after the prefix; `advance`: one more item is finished first."""
+        if advance:
+            self.done += 1
+            if self._bar is not None:
+                self._bar.update(1)
+        message = f"{self.prefix()} {text}"
+        if self._bar is not None:
+            self._bar.write(message, file=self._stream)
+        else:
+            print(message, file=self._stream, flush=True)
+
+    def undo(self) -> None:
+        """An item counted as finished must run again (its files were found damaged)."""
+        self.done -= 1
+        if self._bar is not None:
+            self._bar.update(-1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

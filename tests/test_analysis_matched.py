@@ -98,7 +98,7 @@ def test_matched_sections_render_in_the_leaderboard():
 
 def test_matched_frontier_plot(tmp_path):
     paths = plot_matched_frontier(_worst(), tmp_path)
-    assert [p.suffix for p in paths] == [".png", ".svg"] and "pspnet_tiny" in paths[0].name
+    assert [p.suffix for p in paths] == [".png", ".svg", ".pdf"] and "pspnet_tiny" in paths[0].name
     with Image.open(paths[0]) as image:
         assert image.size[0] > 1000
     single = _worst()[lambda f: f["defense"] != "dp_sgd"]

@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from markupsafe import escape
 from PIL import Image
 
 from analysis.leaderboard import write_leaderboard
-from analysis.report import write_report
+from analysis.report import question, write_report
 from benchmark.errors import SegleakError
 
 EXPERIMENT = "segleak-test"
@@ -157,7 +158,8 @@ def _log_blind(client: MlflowClient, exp: str, parent: str) -> None:
 
 def _invocation(client: MlflowClient, exp: str) -> str:
     run = client.create_run(exp, tags={"segleak.kind": "invocation"})
-    client.log_batch(run.info.run_id, params=[Param("profile", "test"), Param("grid_name", exp)])
+    client.log_batch(run.info.run_id, params=[Param("profile", "test"), Param("grid_name", exp), Param(
+        "data_sources", json.dumps({"cityscapes": "synthetic", "bdd100k": "synthetic"}))])
     return run.info.run_id
 
 
@@ -196,7 +198,7 @@ def board(store: Store, tmp_path_factory: pytest.TempPathFactory) -> dict[str, o
     paths = write_leaderboard(store.uri, None, tmp_path_factory.mktemp("board"))
     by_suffix = {p.suffix: p for p in paths}
     return {"csv": pd.read_csv(by_suffix[".csv"]), "md": by_suffix[".md"].read_text(),
-            "html": by_suffix[".html"].read_text(), "paths": paths}
+            "html": by_suffix[".html"].read_text(), "key_results": by_suffix[".txt"].read_text(), "paths": paths}
 
 
 def _md_cell(md: str, section: str, row_start: str, column: str) -> str:
@@ -210,8 +212,8 @@ def _md_cell(md: str, section: str, row_start: str, column: str) -> str:
     raise AssertionError(f"no row {row_start!r} in {section!r}")
 
 
-DEPENDENT = "dependent: victim cityscapes, shadow cityscapes"
-INDEPENDENT = "independent: victim cityscapes, shadow bdd100k"
+DEPENDENT = "dependent: victim cityscapes (synthetic), shadow cityscapes (synthetic)"
+INDEPENDENT = "independent: victim cityscapes (synthetic), shadow bdd100k (synthetic)"
 
 
 def test_leaderboard_csv_is_tidy_and_averages_seeds(store: Store, board: dict) -> None:
@@ -236,22 +238,30 @@ def test_leaderboard_csv_is_tidy_and_averages_seeds(store: Store, board: dict) -
 
 def test_leaderboard_markdown_numbers_failed_missing_and_strongest(store: Store, board: dict) -> None:
     md = board["md"]
-    logged = _expected(store, victim_arch="pspnet", shadow_overlap=0.0, defense="none", attack="patch",
+    # one row per defense and victim arch, at the shadow overlap the attacker picks (calibration AUC): 0.5 here
+    logged = _expected(store, victim_arch="pspnet", shadow_overlap=0.5, defense="none", attack="patch",
                        shadow_dataset="cityscapes", control="none")
-    cell = _md_cell(md, DEPENDENT, "| pspnet | 0 |", "none")
-    assert cell.startswith("**patch/slm**")
+    row = "| none | pspnet |"
+    assert _md_cell(md, DEPENDENT, row, "strongest attack") == "patch/slm"
     auc, low, high = (_mean(logged, m) for m in ("auc", "auc_ci_low", "auc_ci_high"))
-    assert f"AUC {auc:.3f} ± 0.007 [{low:.3f}, {high:.3f}]" in cell
-    assert f"TPR@1%FPR {_mean(logged, 'tpr_at_1pct_fpr'):.3f}" in cell
-    assert f"mIoU {_mean(logged, 'victim_miou'):.3f}" in cell
-    # where the loss statistic beats the patch CNN, it is the one shown in bold
-    assert _md_cell(md, DEPENDENT, "| pspnet | 0 |", "gaussian σ=0.5").startswith("**loss_threshold**")
+    assert _md_cell(md, DEPENDENT, row, "AUC ± std [interval]") == f"{auc:.3f} ± 0.007 [{low:.3f}, {high:.3f}]"
+    tprs = [c["metrics"]["tpr_at_1pct_fpr"] for c in logged]
+    assert _md_cell(md, DEPENDENT, row, "TPR@1%FPR [interval]") == f"{mean(tprs):.3f} ± {np.std(tprs, ddof=1):.3f}"
+    assert _md_cell(md, DEPENDENT, row, "victim mIoU") == f"{_mean(logged, 'victim_miou'):.3f}"
+    assert _md_cell(md, DEPENDENT, row, "worst-case shadow") == "overlap 0.5"
+    at_zero = _mean(_expected(store, victim_arch="pspnet", shadow_overlap=0.0, defense="none", attack="patch",
+                              shadow_dataset="cityscapes", control="none"), "auc")
+    assert _md_cell(md, DEPENDENT, row, "AUC by shadow overlap") == f"0: {at_zero:.3f} · 0.5: {auc:.3f}"
+    # where the loss statistic beats the patch CNN, it is the one shown
+    assert _md_cell(md, DEPENDENT, "| gaussian σ=0.5 | pspnet |", "strongest attack") == "loss_threshold"
     # the strongest attack is the attacker's pick (calibration AUC), even where the victim AUC says otherwise
-    assert _md_cell(md, INDEPENDENT, "| pspnet | 0 |", "none").startswith("**loss_threshold**")
-    assert _md_cell(md, DEPENDENT, "| pspnet | 0.5 |", "argmax") == "failed"
-    assert _md_cell(md, DEPENDENT, "| deeplabv3 | 0 |", "argmax") == "—"
-    assert "1 run failed" in _md_cell(md, DEPENDENT, "| pspnet | 0 |", "dp_sgd noise_multiplier=1")
-    assert "TPR@1%FPR —" in _md_cell(md, INDEPENDENT, "| pspnet | 0 |", "gaussian σ=0.1")
+    assert _md_cell(md, INDEPENDENT, row, "strongest attack") == "loss_threshold"
+    # argmax failed at overlap 0.5: its row is the attacker's best among what finished, and says what failed
+    assert _md_cell(md, DEPENDENT, "| argmax | pspnet |", "worst-case shadow") == "overlap 0"
+    assert _md_cell(md, DEPENDENT, "| argmax | pspnet |", "seeds") == "2 (+4 runs failed)"
+    assert "| argmax | deeplabv3 |" not in md  # not in the grid: no row
+    assert _md_cell(md, DEPENDENT, "| dp_sgd noise_multiplier=1 | pspnet |", "seeds") == "2 (+2 runs failed)"  # one per overlap
+    assert _md_cell(md, INDEPENDENT, "| gaussian σ=0.1 | pspnet |", "TPR@1%FPR [interval]") == "—"
     assert "| 0.000" not in md and " 0.000 " not in md
     victims = md.split("## victim models", 1)[1]
     assert "| cityscapes | dependent | deeplabv3 | dp_sgd | 0 | 200 | 0.580 | 0.380 | 0.200 | 2.000 |" in victims
@@ -261,19 +271,30 @@ def test_leaderboard_markdown_numbers_failed_missing_and_strongest(store: Store,
     independent = md.split(f"## {INDEPENDENT}", 1)[1].split("\n## ", 1)[0]
     assert "FLAGGED: members and non-members differ without any model" in independent
     placebo = md.split("## placebo controls", 1)[1].split("\n## ", 1)[0]
-    assert "| patch/slm | AUC 0.510 [0.450, 0.570] | ✓ pass |" in placebo
-    assert "| loss_threshold | AUC 0.580 [0.550, 0.610] | ✗ FAIL |" in placebo
+    assert "| patch/slm | 0.510 [0.450, 0.570] | ✓ pass |" in placebo
+    assert "| loss_threshold | 0.580 [0.550, 0.610] | ✗ FAIL |" in placebo
+    # the key results open the page: the synthetic data named, the headline, the null checks
+    key = md.split("## Key results", 1)[1].split("\n## ", 1)[0]
+    assert md.index("## Key results") < md.index(f"## {DEPENDENT}")
+    assert "**Data: SYNTHETIC: bdd100k, cityscapes are the embedded generated street scenes" in key
+    assert f"- Undefended pspnet leaks AUC {auc:.3f} [{low:.3f}, {high:.3f}]" in key
+    assert "**Null checks: CHECK FAILED (placebo 1/2 pass, 1 FAIL; blind baseline flagged in 1/2).**" in key
+    assert board["key_results"].splitlines()[-1] == "Null checks: CHECK FAILED (placebo 1/2 pass, 1 FAIL; blind baseline flagged in 1/2)."
+    assert set(board["csv"]["data_source"]) == set(board["csv"]["shadow_data_source"]) == {"synthetic"}
 
 
 def test_leaderboard_html_is_self_contained(board: dict) -> None:
     page = board["html"]
     assert "<style>" in page and "http://" not in page and "https://" not in page and "<script src" not in page
-    assert '<td class="failed" title="RuntimeError: argmax broke (seed 0); RuntimeError: argmax broke (seed 1)">failed</td>' in page
-    assert "<b>patch/slm</b>" in page and "<b>loss_threshold</b>" in page
+    assert ('<td class="failed" title="RuntimeError: argmax broke (seed 0); RuntimeError: argmax broke (seed 1)">'
+            "2 (+4 runs failed)</td>") in page
+    assert ">loss_threshold</td>" in page and ">patch/slm</td>" in page
     assert html.escape(MISSING_TPR) in page  # the reason a TPR is absent is in the hover text
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     # dependent, its placebo, independent, matched utility in each setting, victims
     assert page.count("<table>") == page.count("</table>") == 6
+    assert page.index('class="keyresults"') < page.index("<table>")
+    assert "matched utility (dependent: victim cityscapes (synthetic), shadow cityscapes (synthetic); pspnet)" in page
 
 
 def test_unknown_experiment_and_empty_store_are_clear_errors(store: Store, tmp_path: Path) -> None:
@@ -295,8 +316,12 @@ def _check_image(path: Path) -> None:
             image.verify()
         with Image.open(path) as image:
             assert 600 <= image.width <= 4000 and 400 <= image.height <= 4000, image.size
-    else:
-        assert ET.parse(path).getroot().tag.endswith("svg")
+    elif path.suffix == ".pdf":
+        assert path.read_bytes().startswith(b"%PDF")
+    else:  # text stays text (svg.fonttype none), so the figure can be edited
+        root = ET.parse(path).getroot()
+        assert root.tag.endswith("svg") and root.iter("{http://www.w3.org/2000/svg}text"), path
+        assert any(t.text for t in root.iter("{http://www.w3.org/2000/svg}text")), path
 
 
 def test_write_report_writes_every_plot_and_logs_it_on_the_parent(store: Store, tmp_path: Path, caplog) -> None:
@@ -307,12 +332,20 @@ def test_write_report_writes_every_plot_and_logs_it_on_the_parent(store: Store, 
             "heatmap_overlap_arch", "auc_vs_gaussian_sigma", "auc_vs_dp_epsilon", "dependent_vs_independent",
             "roc_dependent_cityscapes_cityscapes_pspnet_pspnet_ov0.5"} <= stems
     assert sum(s.startswith("roc_") for s in stems) == 4  # one per leaderboard row
-    assert all(p.with_suffix(".svg") in plots for p in plots if p.suffix == ".png")
+    assert all(p.with_suffix(s) in plots for p in plots if p.suffix == ".png" for s in (".svg", ".pdf"))
     for path in plots:
         _check_image(path)
+    # the index shows every figure under the question it answers, and links the invocation's MLflow run
+    index = written["index"][0].read_text()
+    for png in (p for p in plots if p.suffix == ".png"):
+        assert f'<img src="plots/{png.name}"' in index
+        assert str(escape(question(png.stem)[0])) in index
+    assert f"/runs/{store.parent_id}" in index and "SYNTHETIC" in index
     client = MlflowClient(store.uri)
     logged = {f.path for d in ("leaderboard", "plots") for f in client.list_artifacts(store.parent_id, d)}
-    assert logged == {f"{name}/{p.name}" for name, paths in written.items() for p in paths}
+    logged |= {f.path for f in client.list_artifacts(store.parent_id) if not f.is_dir}
+    expected = {f"{name}/{p.name}" for name, paths in written.items() if name != "index" for p in paths}
+    assert logged == expected | {"index.html"}
 
 
 def test_plots_skip_what_the_data_lacks(store: Store, tmp_path: Path, caplog) -> None:

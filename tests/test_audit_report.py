@@ -59,6 +59,6 @@ def test_the_table_renders_in_both_formats():
 
 def test_the_plot_is_written(tmp_path):
     paths = plot_audit(AUDITS, tmp_path)
-    assert [p.name for p in paths] == ["audit_epsilon.png", "audit_epsilon.svg"]
+    assert [p.name for p in paths] == ["audit_epsilon.png", "audit_epsilon.svg", "audit_epsilon.pdf"]
     assert all(p.stat().st_size > 1000 for p in paths)
     assert plot_audit(pd.DataFrame(), tmp_path) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from ray_jobs.recording.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
-CELL_PARAMS = {"dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense",
+# one vocabulary with the model runs: the victim's arch is `arch`, the shadow's overlap with its members `overlap`
+CELL_PARAMS = {"dataset", "arch", "shadow_dataset", "shadow_arch", "overlap", "defense",
                "defense_params", "attack", "representation", "seed"}
 CELL_METRICS = {"auc", "auc_ci_low", "auc_ci_high", "balanced_accuracy", "precision", "recall", "victim_miou",
                 "n_members", "n_nonmembers"}
@@ -126,11 +128,36 @@ def test_mlflow_runs_follow_the_schema(smoke):
     assert len(blind) == 1 and {"blind_auc", "blind_auc_ci_low", "shift_auc"} <= set(blind[0].data.metrics)
     assert "== segleak summary ==" in first.stdout and "leaderboard:" in first.stdout, first.stdout[-3000:]
     assert "\r" not in first.stdout + first.stderr  # plain lines in a log, no redrawn bars
+    # each unit's line says where the run stands; the end says what was found, not only where it is
+    assert re.search(r"^\[\s*\d+/\d+ [\dhms]+, ~[^\]]+ left\] \+ ", first.stdout, flags=re.M), first.stdout[-3000:]
+    summary = first.stdout.split("== segleak summary ==", 1)[1]
+    assert "Data: SYNTHETIC: " in summary and "Undefended " in summary and "Null checks: " in summary, summary
+    index = (results / "report" / "index.html").read_text()
+    assert 'src="leakage/' in index and 'src="plots/' in index
     (parent,) = invocations(results)
+    assert set(json.loads(parent.data.params["data_sources"]).values()) == {"synthetic"}
     assert parent.info.status == "FINISHED" and parent.data.tags["segleak.leaderboard"].endswith("leaderboard.html")
     assert "leaderboard/leaderboard.html" in parent.data.tags["mlflow.note.content"]
     assert all(r.info.artifact_uri.startswith((results / "mlartifacts").as_uri()) for r in cells + [parent])
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard", "plots", "leakage"}
+    # issue 26: names tell the runs apart; each run spans its unit's computation; models have per-epoch curves;
+    # the invocation's run holds the headline and the null-check counts
+    names = [r.info.run_name for r in models + cells + blind]
+    assert len(set(names)) == len(names), sorted(names)
+    assert all(r.info.run_name.endswith(" · placebo") for r in placebo)
+    for run in models + cells:
+        marker = json.loads((results / ("model" if run in models else "cell") / run.data.tags["segleak.unit"]
+                             / "unit.json").read_text())
+        assert run.info.start_time == int(marker["started"] * 1000)
+        assert abs(run.info.end_time - run.info.start_time - marker["seconds"] * 1000) <= 2
+    for run in models:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch_train_loss"))
+        assert steps and steps == list(range(1, len(steps) + 1))
+        assert len(client.get_metric_history(run.info.run_id, "epoch_miou_heldout")) == len(steps)
+    headline = parent.data.metrics
+    assert 0 < headline["undefended_auc"] < 1
+    assert headline["null_placebo_pass"] + headline["null_placebo_fail"] + headline["null_placebo_open"] == 12
+    assert headline["null_blind_total"] == 1
 
 
 def test_scores_artifact_matches_logged_auc(smoke):

@@ -1,58 +1,109 @@
-"""The HTML leaderboard page: leakage colours, a header that stays in view, sorting and filtering with an inline
-script, wide tables scrolling inside their section, no external asset, escaped labels; and, where Chromium is
-installed, the page as a browser renders and runs it."""
+"""The leaderboard page and its Markdown twin, rendered from a small aggregated grid (real `aggregate`, real
+sections, real Jinja2 templates): the key results first with the data source named, one row per defense,
+leakage colours with legible text, hostile names escaped in both formats; and, where Chromium is installed,
+the page as a browser renders and runs it at 1280 px (fits, sorts, filters by defense and by attack)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
-from analysis.leaderboard import _leak_colours, to_html
-from analysis.table import MISSING, Cell, Section
+from analysis.aggregate import aggregate
+from analysis.leaderboard import TEMPLATES, _environment, build_sections, to_html, to_markdown
+from analysis.runs import defense_label, defense_sort_key
+from analysis.schema import CELL_METRICS
+from analysis.style import LEAK_CMAP, leak_colour
 
 CHROMIUM = Path("/usr/bin/chromium")
-DEFENSES = ["none", "argmax", "gaussian σ=0.1", "gaussian σ=0.5", "temperature t=2", "topk k=1", "dp_sgd noise_multiplier=1",
-            "label_smoothing eps=0.1", "mixup alpha=0.4", "weight_decay value=0.05", "early_stopping fraction=0.5"]
-EVIL = '<img src=x onerror="alert(1)">&"'
+EVIL = '<img src=x onerror="alert(1)"><script>alert(2)</script>&"'
+DEFENSES = [("none", {}), ("argmax", {}), ("gaussian", {"sigma": 0.1}), ("gaussian", {"sigma": 0.5}),
+            ("temperature", {"t": 2}), ("topk", {"k": 1}), ("dp_sgd", {"noise_multiplier": 1.0}),
+            ("label_smoothing", {"eps": 0.1}), ("mixup", {"alpha": 0.4}), ("weight_decay", {"value": 0.05}),
+            ("early_stopping", {"fraction": 0.5})]
+ATTACKS = [("patch", "slm", "patch/slm"), ("loss_threshold", "statistic", "loss_threshold")]
+ARCHS = ("pspnet", "upernet")
 
 
-def _score(auc: float, attack: str = "patch/slm") -> Cell:
-    return Cell([f"AUC {auc:.3f} ± 0.010 [{auc - 0.03:.3f}, {min(auc + 0.03, 1):.3f}]", "TPR@1%FPR 0.120", "mIoU 0.600"],
-                strong=attack, title="loss_threshold: AUC 0.612")
+def _run(i: int, **values: object) -> dict:
+    auc = float(values.pop("auc", 0.6))
+    base = {"run_id": f"run{i}", "status": "FINISHED", "dataset": "cityscapes", "shadow_dataset": "cityscapes",
+            "setting": "dependent", "control": "none", "seed": 0, "error": "", "refused": None, "tuned": None,
+            "missing": "", "artifact_uri": "", "auc": auc, "auc_ci_low": auc - 0.03, "auc_ci_high": auc + 0.03,
+            "calibration_auc": auc, "tpr_at_1pct_fpr": round(auc - 0.5, 3) / 2, "n_members": 200.0,
+            "n_nonmembers": 200.0}
+    return base | values
 
 
-def _sections() -> list[Section]:
-    """A wide score table (11 defenses), its placebo controls and the victims table, with hostile labels."""
-    scores = Section("dependent: victim cityscapes, shadow cityscapes", ["victim arch", "shadow overlap", *DEFENSES, EVIL])
-    for r, (arch, overlap) in enumerate([(a, o) for a in ("pspnet", "upernet", "segformer") for o in ("0", "0.5", "1")]):
-        row = [Cell([arch]), Cell([overlap])]
-        for j in range(len(DEFENSES) + 1):
-            if (r, j) == (4, 1):
-                row.append(Cell(["failed"], state="failed", title="RuntimeError: argmax broke (seed 0)"))
-            elif (r, j) == (8, 3):
-                row.append(Cell([MISSING], state="missing", title="not in this grid"))
-            else:
-                row.append(_score(round(0.5 + ((r * 7 + j * 3) % 10) / 20, 3), attack=EVIL if (r, j) == (0, 0) else "patch/slm"))
-        scores.rows.append(row)
-    placebo = Section("placebo controls (dependent): a victim that never saw the members must give an AUC interval "
-                      "containing 0.5", ["victim arch", "shadow overlap", "shadow arch", "defense", "attack", "AUC", "null check"])
-    placebo.rows.append([Cell(["pspnet"]), Cell(["0"]), Cell(["pspnet"]), Cell(["none"]), Cell(["patch/slm"]),
-                         Cell(["AUC 0.510 [0.450, 0.570]"]), Cell(["✓ pass"], state="pass")])
-    placebo.rows.append([Cell(["pspnet"]), Cell(["0"]), Cell(["pspnet"]), Cell(["none"]), Cell(["loss_threshold"]),
-                         Cell(["AUC 0.580 [0.550, 0.610]"]), Cell(["✗ FAIL"], state="fail")])
-    victims = Section("victim models: training vs held-out mIoU", ["dataset", "arch", "seed", "mIoU train", "DP ε"])
-    victims.rows.append([Cell(["cityscapes"]), Cell([EVIL]), Cell(["0"]), Cell(["0.800"]), Cell([MISSING], state="missing")])
-    return [scores, placebo, victims]
+def _cells() -> pd.DataFrame:
+    """11 defenses x 2 archs x 2 overlaps x 2 attacks x 2 seeds (dependent; the strongest attack has a hostile
+    name), an independent setting whose shadow dataset has one too, one failed defense, a passing and a
+    failing placebo."""
+    rows = []
+    for d, (defense, params) in enumerate(DEFENSES):
+        for a, arch in enumerate(ARCHS):
+            for overlap in (0.0, 0.5):
+                for k, (attack, rep, label) in enumerate(ATTACKS):
+                    for seed in (0, 1):
+                        auc = 0.95 - 0.04 * d - 0.02 * a + 0.03 * overlap - 0.05 * k + 0.005 * seed
+                        failed = defense == "argmax" and arch == "upernet"
+                        rows.append(_run(len(rows), victim_arch=arch, shadow_arch=arch, shadow_overlap=overlap,
+                                         defense=defense, defense_params=json.dumps(params), attack=attack,
+                                         representation=rep, attack_label=EVIL if k == 0 else label,
+                                         seed=seed, auc=auc, victim_miou=0.62 - 0.01 * d,
+                                         status="FAILED" if failed else "FINISHED",
+                                         error="RuntimeError: argmax broke" if failed else ""))
+    for defense, params in DEFENSES[:3]:
+        rows.append(_run(len(rows), victim_arch="pspnet", shadow_arch="pspnet", shadow_overlap=float("nan"),
+                         shadow_dataset=EVIL, setting="independent", defense=defense,
+                         defense_params=json.dumps(params), attack="patch", representation="slm",
+                         attack_label="patch/slm", auc=0.7, victim_miou=0.6))
+    for label, auc, low, high in (("patch/slm", 0.51, 0.45, 0.57), ("loss_threshold", 0.58, 0.55, 0.61)):
+        rows.append(_run(len(rows), victim_arch="pspnet", shadow_arch="pspnet", shadow_overlap=0.0, defense="none",
+                         defense_params="{}", attack=label.split("/")[0], representation="slm", attack_label=label,
+                         control="placebo", auc=auc) | {"auc_ci_low": low, "auc_ci_high": high})
+    frame = pd.DataFrame(rows)
+    params = frame["defense_params"].map(json.loads)
+    frame["defense_label"] = [defense_label(d, p) for d, p in zip(frame["defense"], params)]
+    frame["defense_key"] = [defense_sort_key(d, p) for d, p in zip(frame["defense"], params)]
+    for name in CELL_METRICS:
+        frame[name] = pd.to_numeric(frame[name], errors="coerce") if name in frame else float("nan")
+    return frame
+
+
+SOURCES = {"cityscapes": "synthetic", EVIL: "synthetic"}
 
 
 @pytest.fixture(scope="module")
-def page() -> str:
-    return to_html(_sections(), SimpleNamespace(experiment=f"segleak-test {EVIL}", parent_run_id="abc123"))
+def table() -> pd.DataFrame:
+    return aggregate(_cells())
+
+
+@pytest.fixture(scope="module")
+def runs() -> SimpleNamespace:
+    return SimpleNamespace(experiment=f"segleak-test {EVIL}", parent_run_id="abc123", sources=SOURCES,
+                           blind=pd.DataFrame())
+
+
+@pytest.fixture(scope="module")
+def sections(table: pd.DataFrame) -> list:
+    return build_sections(table, pd.DataFrame(), None, SOURCES)
+
+
+@pytest.fixture(scope="module")
+def page(sections: list, runs: SimpleNamespace, table: pd.DataFrame) -> str:
+    return to_html(sections, runs, table)
+
+
+@pytest.fixture(scope="module")
+def markdown(sections: list, runs: SimpleNamespace, table: pd.DataFrame) -> str:
+    return to_markdown(sections, runs, table)
 
 
 class _Cells(HTMLParser):
@@ -86,59 +137,66 @@ def _parsed(page: str) -> _Cells:
     return parser
 
 
-def _background(cell: dict[str, str]) -> str:
-    found = re.search(r"background:(#[0-9a-f]{6})", cell.get("style", ""))
-    return found[1] if found else ""
+def test_key_results_come_first_and_name_the_synthetic_data(page: str, markdown: str) -> None:
+    box = page.index('class="keyresults"')
+    assert box < page.index("<table>") and box < page.index('class="legend"')
+    key = page[box:page.index("</section>")]
+    assert "SYNTHETIC: " in key and "not its real images" in key
+    assert "Undefended pspnet leaks AUC 0.968 [0.938, 0.998]" in key  # worst case: overlap 0.5, patch/slm
+    assert "(strongest attack &lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in key and "shadow overlap 0.5)" in key
+    # within mIoU - 0.05 of the undefended 0.62, the least-leaking defense is the last one that keeps 0.57
+    assert "At mIoU ≥ 0.570 (undefended − 0.05) the least leakage is topk k=1: AUC 0.768" in key
+    assert "Null checks: CHECK FAILED (placebo 1/2 pass, 1 FAIL; no blind baseline)." in key
+    assert '<span class="source synthetic">synthetic data</span>' in page
+    assert "dependent: victim cityscapes (synthetic), shadow cityscapes (synthetic)" in page
+    # the Markdown opens the same way
+    assert markdown.index("## Key results") < markdown.index("| defense |")
+    assert "**Data: SYNTHETIC: " in markdown and "(synthetic data)" in markdown.splitlines()[0]
+    assert "- Undefended pspnet leaks AUC 0.968 [0.938, 0.998]" in markdown
 
 
-def test_header_stays_in_view_and_wide_tables_scroll_inside_their_section(page: str) -> None:
-    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
-    assert re.search(r"thead th\{[^}]*position:sticky;top:0", css)
-    assert re.search(r"\.wrap\{[^}]*overflow:auto", css) and re.search(r"\.wrap\{[^}]*max-width:100%", css)
-    assert page.count('<div class="wrap"><table>') == page.count("<table>") == 3  # every table in its own scroller
-    assert ".key{position:sticky;left:0" in css  # row keys stay in view while a table scrolls sideways
+def test_score_tables_have_one_row_per_defense(sections: list) -> None:
+    scores = sections[0]
+    assert scores.heading.startswith("dependent: ")
+    assert [(r[0].lines[0], r[1].lines[0]) for r in scores.rows] == [
+        (defense_label(d, p), arch) for d, p in DEFENSES for arch in ARCHS]
+    assert len(scores.header) == 10
+    upernet_argmax = next(r for r in scores.rows if r[0].lines == ["argmax"] and r[1].lines == ["upernet"])
+    assert upernet_argmax[2].lines == ["failed"] and upernet_argmax[2].state == "failed"
+    assert "RuntimeError: argmax broke" in upernet_argmax[2].title
+    none = scores.rows[0]
+    assert none[2].lines == [EVIL] and none[3].auc == pytest.approx(0.9675)
+    assert none[6].lines == ["overlap 0.5"] and none[7].lines == ["0: 0.952 · 0.5: 0.968"]
 
 
-def test_sort_and_filter_script_is_inline(page: str) -> None:
-    parsed = _parsed(page)
-    assert parsed.scripts == [{}], "one inline script, no src"
-    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
-    assert "addEventListener('click'" in script and "function sortBy" in script and "aria-sort" in script
-    assert '<input id="filter" type="search"' in page and "addEventListener('input'" in script
-    assert "tr.hidden" in script
+def test_auc_cells_are_shaded_by_a_colormap_and_stay_legible(page: str) -> None:
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
 
-
-def test_auc_cells_are_coloured_by_leakage(page: str) -> None:
     cells = [c for c in _parsed(page).cells if "data-v" in c]
-    by_auc = {float(c["data-v"]): _background(c) for c in cells}
-    assert by_auc[0.5] == "#ffffff"                    # chance: neutral
-    assert by_auc[0.95] not in ("", by_auc[0.5])       # strong leakage: coloured
-    red = tuple(int(by_auc[0.95][k:k + 2], 16) for k in (1, 3, 5))
-    assert red[0] > red[1] + 80 and red[0] > red[2] + 80, by_auc[0.95]
-    # darker as the AUC grows, and the text stays legible (WCAG contrast >= 4.5) on every shade
+    assert len(cells) > 40
+    for cell in cells:
+        assert f"background:{leak_colour(float(cell['data-v']))}" in cell["style"]
+    assert leak_colour(0.5) == leak_colour(0.3) == to_hex(colormaps[LEAK_CMAP](0.0))
+
     def lum(hex_: str) -> float:
         channels = [int(hex_[k:k + 2], 16) / 255 for k in (1, 3, 5)]
         lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
         return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
-    shades = [_leak_colours(a / 100) for a in range(40, 101)]
-    lums = [lum(bg) for bg, _ in shades]
-    assert all(a >= b for a, b in zip(lums, lums[1:])) and lums[0] == lums[10] == 1.0  # below 0.5: neutral too
-    for bg, fg in shades:
-        fg_hex = {"#000": "#000000", "#fff": "#ffffff"}[fg]
-        high, low = sorted((lum(bg), lum(fg_hex)), reverse=True)
-        assert (high + 0.05) / (low + 0.05) >= 4.5, (bg, fg)
-    # placebo verdicts keep their green/red classes; failed and missing cells are not on the leakage scale
+    shades = [lum(leak_colour(a / 100)) for a in range(50, 101)]
+    assert all(a >= b for a, b in zip(shades, shades[1:])) and shades[0] > shades[-1] + 0.4  # darker as AUC grows
+    assert min((s + 0.05) / 0.05 for s in shades) >= 4.5  # black text: WCAG contrast on every shade
+    red = tuple(int(leak_colour(0.95)[k:k + 2], 16) for k in (1, 3, 5))
+    assert red[0] > red[1] + 80 and red[0] > red[2] + 80
     classes = {c["class"] for c in _parsed(page).cells}
-    assert {"pass", "fail", "failed", "missing"} <= classes
-    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
-    assert re.search(r"td\.pass[^{]*\{[^}]*background:#d9f2d9", css) and re.search(r"td\.fail[^{]*\{[^}]*background:#ffd6d6", css)
-    placebo_auc = next(c for c in _parsed(page).cells if c["text"].startswith("AUC 0.580 [0.550"))
-    assert placebo_auc["data-v"] == "0.580" and _background(placebo_auc) != "#ffffff"
+    assert {"pass", "fail", "failed"} <= classes
 
 
-def test_failed_cells_keep_their_markup(page: str) -> None:
-    assert '<td class="failed" title="RuntimeError: argmax broke (seed 0)">failed</td>' in page
-    assert '<td class="missing" title="not in this grid">—</td>' in page
+def test_page_comes_from_templates_with_autoescaping(page: str) -> None:
+    assert _environment().autoescape is True
+    css = (TEMPLATES / "leaderboard.css").read_text()
+    assert css in page and (TEMPLATES / "leaderboard.js").read_text() in page
+    assert _parsed(page).scripts == [{}], "one inline script, no src"
 
 
 def test_no_external_asset(page: str) -> None:
@@ -147,13 +205,17 @@ def test_no_external_asset(page: str) -> None:
     assert "@import" not in page and "url(" not in page
 
 
-def test_labels_are_escaped(page: str) -> None:
-    assert "<img" not in page and 'onerror="' not in page
-    escaped = "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;&quot;"
-    assert f"<th scope=\"col\">{escaped}</th>" in page                # a column header
-    assert f"<b>{escaped}</b>" in page                                # a cell's lead
-    assert f"<td class=\"ok\">{escaped}</td>" in page                 # a plain cell
-    assert f"<title>segleak leaderboard: segleak-test {escaped}</title>" in page
+def test_names_are_escaped_in_the_page_and_in_the_markdown(page: str, markdown: str) -> None:
+    escaped = "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&lt;script&gt;alert(2)&lt;/script&gt;&amp;&#34;"
+    for text in (page, markdown):
+        assert "<img" not in text and "<script>alert" not in text and 'onerror="' not in text
+    assert f"<title>segleak leaderboard: segleak-test {escaped} (synthetic data)</title>" in page
+    assert f"independent: victim cityscapes (synthetic), shadow {escaped} (synthetic)" in page
+    assert f"# segleak leaderboard: segleak-test {escaped} (synthetic data)" in markdown
+    assert f"## independent: victim cityscapes (synthetic), shadow {escaped} (synthetic)" in markdown
+    assert f"| gaussian σ=0.5 | pspnet | {escaped} |" in markdown  # a cell: escaped, and no | breaks the row
+    rows = [line for line in markdown.splitlines() if line.startswith("| gaussian σ=0.5 | pspnet |")]
+    assert rows and all(line.count(" | ") == 10 for line in rows)
 
 
 def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -163,42 +225,60 @@ def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, timeout=180)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
-def test_chromium_renders_the_page(page: str, tmp_path: Path) -> None:
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian's chromium package)")
+def test_chromium_first_screen_shows_the_key_results_and_tables_fit_1280(page: str, tmp_path: Path) -> None:
+    probe = ("<script>var box=document.querySelector('.keyresults').getBoundingClientRect();"
+             "var widths=Array.prototype.map.call(document.querySelectorAll('.wrap'),function(w){"
+             "return w.scrollWidth - w.clientWidth;});"
+             "document.body.setAttribute('data-key-bottom',Math.round(box.bottom));"
+             "document.body.setAttribute('data-overflow',Math.max.apply(null,widths));"
+             "document.body.setAttribute('data-width',document.documentElement.scrollWidth);</script></body>")
+    html_file = tmp_path / "probe.html"
+    html_file.write_text(page.replace("</body>", probe), encoding="utf-8")
+    dom = _chromium("--window-size=1280,900", "--dump-dom", html_file.as_uri(), tmp=tmp_path).stdout
+    assert int(re.search(r'data-key-bottom="(\d+)"', dom)[1]) <= 900, "the key results are not on the first screen"
+    assert int(re.search(r'data-overflow="(-?\d+)"', dom)[1]) <= 0, "a table scrolls sideways at 1280 px"
+    assert int(re.search(r'data-width="(\d+)"', dom)[1]) <= 1280, "the page scrolls sideways at 1280 px"
+    png = tmp_path / "lb.png"
+    _chromium("--window-size=1280,900", f"--screenshot={png}", html_file.as_uri(), tmp=tmp_path)
     from PIL import Image
 
-    html_file = tmp_path / "leaderboard.html"
-    html_file.write_text(page, encoding="utf-8")
-    png = tmp_path / "lb.png"
-    done = _chromium("--window-size=1600,1000", f"--screenshot={png}", html_file.as_uri(), tmp=tmp_path)
-    assert png.exists() and png.stat().st_size > 10_000, done.stderr[-2000:]
     with Image.open(png) as shot:
-        assert shot.size == (1600, 1000)
-        rgb = shot.convert("RGB")
-        colours = rgb.getcolors(maxcolors=1 << 20) or []
+        colours = shot.convert("RGB").getcolors(maxcolors=1 << 20) or []
         assert len(colours) > 50, "blank screenshot"
-        reds = sum(n for n, (r, g, b) in colours if r > 180 and g < 120 and b < 120)
-        assert reds > 5_000, "no leakage-coloured cell on screen"
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
-def test_chromium_runs_the_sort_and_filter(page: str, tmp_path: Path) -> None:
-    """Click the `none` header (AUC, so high to low first) and type `upernet` into the filter; read the DOM back."""
-    driven = page.replace("</body>", "<script>document.querySelectorAll('thead th')[2].click();"
-                          "var box=document.getElementById('filter');box.value='upernet';"
-                          "box.dispatchEvent(new Event('input'));"
-                          "document.body.setAttribute('data-width',document.documentElement.scrollWidth);</script></body>")
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian's chromium package)")
+@pytest.mark.parametrize("words, expected", [
+    ("gaussian", {"gaussian σ=0.1", "gaussian σ=0.5"}),  # a defense: its rows, not an empty table
+    ("mixup upernet", {"mixup alpha=0.4"}),
+    ("loss_threshold", None),  # an attack: the rows where it ran (strongest or in the hover text)
+])
+def test_chromium_filter_matches_defenses_and_attacks(page: str, tmp_path: Path, words: str, expected) -> None:
+    driven = page.replace("</body>", "<script>document.querySelectorAll('thead th')[3].click();"
+                          f"var box=document.getElementById('filter');box.value={json.dumps(words)};"
+                          "box.dispatchEvent(new Event('input'));</script></body>")
     html_file = tmp_path / "driven.html"
     html_file.write_text(driven, encoding="utf-8")
-    done = _chromium("--window-size=1600,1000", "--dump-dom", html_file.as_uri(), tmp=tmp_path)
-    dom = done.stdout
-    assert "<tbody>" in dom, done.stderr[-2000:]
-    assert int(re.search(r'data-width="(\d+)"', dom)[1]) <= 1600, "the page itself scrolls sideways"
+    dom = _chromium("--window-size=1280,900", "--dump-dom", html_file.as_uri(), tmp=tmp_path).stdout
     first_table = dom.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     rows = re.findall(r"<tr( hidden=\"\")?>(.*?)</tr>", first_table, flags=re.S)
-    assert len(rows) == 9
-    aucs = [float(re.search(r'data-v="([\d.]+)"', body)[1]) for _, body in rows[:]]  # column 'none' of each row
-    shown = [(hidden, body) for hidden, body in rows if not hidden]
-    assert len(shown) == 3 and all(">upernet<" in body for _, body in shown)
-    assert aucs == sorted(aucs, reverse=True), aucs
-    assert 'aria-sort="descending"' in dom and "3 of 12 rows" in dom
+    assert len(rows) == len(DEFENSES) * len(ARCHS)
+    shown = {re.search(r"<td[^>]*>(.*?)</td>", body)[1] for hidden, body in rows if not hidden}
+    if expected is None:
+        assert len(shown) == len(DEFENSES)  # both attacks ran against every defense
+    else:
+        assert shown == expected
+    aucs = [float(v) for v in re.findall(r'data-v="([\d.]+)"', first_table)]
+    assert aucs == sorted(aucs, reverse=True), "clicking the AUC header sorts high to low"
+
+
+def test_null_check_tally_fails_on_a_failing_placebo_or_a_flagged_blind_baseline(table: pd.DataFrame) -> None:
+    from analysis.headline import null_tally
+
+    passing = table[~((table["control"] != "none") & (table["attack_label"] == "loss_threshold"))]
+    assert null_tally(passing, pd.DataFrame()).text() == "Null checks: all pass (placebo 1/1 pass; no blind baseline)."
+    flagged = pd.DataFrame({"flagged": [False, True]})
+    assert not null_tally(passing, flagged).passed
+    assert "blind baseline flagged in 1/2" in null_tally(passing, flagged).text()
+    assert null_tally(table, pd.DataFrame({"flagged": [False]})).text().startswith("Null checks: CHECK FAILED (placebo 1/2")

@@ -97,3 +97,35 @@ def test_data_check_prints_plain_lines_when_stderr_is_not_a_terminal(synthetic_t
     lines = err.splitlines()
     assert 1 <= len(lines) <= 11 and all(line.startswith("checking cityscapes: ") for line in lines), lines
     assert lines[-1].startswith("checking cityscapes: 10/10 pair done in ")
+
+
+def test_tally_lines_say_count_elapsed_and_time_left() -> None:
+    """A log line per finished unit; the rate counts only units run here, not the ones reused."""
+    from benchmark.progress import Tally
+
+    stream = FakeStream(tty=False)
+    tally = Tally(10, done=4, stream=stream, clock=FakeClock(30.0))  # 30 s between clock reads
+    tally.line("+ cell a")
+    tally.line("+ cell b")
+    tally.undo()  # a finished input was damaged: it runs again
+    tally.line("+ model c")
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    # 1 unit run in 30 s, 5 left -> 2m30s; then 2 in 60 s, 4 left -> 2m00s
+    assert lines[0] == "[ 5/10 30s, ~2m30s left] + cell a", lines
+    assert lines[1] == "[ 6/10 1m00s, ~2m00s left] + cell b", lines
+    assert lines[2].startswith("[ 6/10 1m30s, ~") and lines[2].endswith("] + model c")
+    assert Tally(3, stream=FakeStream(tty=False), clock=FakeClock(1.0)).prefix() == "[0/3 1s, ~? left]"
+
+
+def test_tally_on_a_terminal_draws_a_bar_with_rate_and_eta() -> None:
+    from benchmark.progress import Tally
+
+    stream = FakeStream(tty=True)
+    tally = Tally(4, stream=stream)
+    for name in "abcd":
+        tally.line(f"+ cell {name}")
+    tally.close()
+    text = stream.getvalue()
+    assert "\r" in text and "4/4" in text and ("unit/s" in text or "s/unit" in text) and "<00:00" in text  # rate, ETA
+    assert all(f"+ cell {name}" in text for name in "abcd")

@@ -104,6 +104,8 @@ class SegmentationModule(pl.LightningModule):
         self.net: nn.Module = SegmentationNet(build_segmentor(arch, norm=defense.norm, num_classes=num_classes))
         self.seen_train_ids: set[str] = set()
         self.epoch_losses: list[float] = []
+        # per epoch: the mean training batch loss and what that epoch's validation measured (the run's curves)
+        self.epoch_metrics: list[dict[str, float]] = []
         self.private_optimizer: torch.optim.Optimizer | None = None
         self.channels_last = False
         self._compiled: nn.Module | None = None  # torch.compile of `net` for the training forward
@@ -208,6 +210,8 @@ class SegmentationModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
             self.epoch_losses.append(self._loss_sum / self._loss_count)
+            # Lightning validates before this hook: the eval sums are this epoch's
+            self.epoch_metrics.append({"train_loss": self.epoch_losses[-1], **self.eval_metrics()})
         self._loss_sum, self._loss_count = 0.0, 0
 
     # --- evaluation ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class TrainResult:
     metrics: dict[str, float]
     checkpoint: Path
     seen_train_ids: list[str]
+    curves: list[dict[str, float]] = field(default_factory=list)  # per epoch: training loss, validation metrics
 
 
 def select_samples(adapter: DatasetAdapter, root: Path, ids: Sequence[str], what: str) -> list[Sample]:
@@ -214,7 +215,8 @@ def train_model(
     }
     write_atomic(checkpoint, lambda f: torch.save(payload, f))
     write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    return TrainResult(metrics=metrics, checkpoint=checkpoint, seen_train_ids=sorted(module.seen_train_ids))
+    return TrainResult(metrics=metrics, checkpoint=checkpoint, seen_train_ids=sorted(module.seen_train_ids),
+                       curves=module.epoch_metrics)
 
 
 def load_model(checkpoint: Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -3,6 +3,7 @@ membership manifest the grid needs, drawn by the same functions `segleak splits`
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,12 @@ class DataSource:
     spec: dict[str, Any]
     root: str
     index: ImageIndex
+
+
+def data_sources(grid: Grid) -> str:
+    """The invocation's record of where each dataset came from (analysis.schema.DATA_SOURCES_PARAM): the
+    synthetic twins carry real datasets' names, so the report says which ones they are."""
+    return json.dumps({name: "synthetic" if entry.synthetic else "real" for name, entry in sorted(grid.datasets.items())})
 
 
 def prepare_sources(grid: Grid, store: ResultStore) -> dict[str, DataSource]:

@@ -636,6 +636,19 @@ class ResultStore:
         _HEARTBEAT.remove(f"{path}#{token}")
         self._remove(path, token)
 
+    @contextlib.contextmanager
+    def holding(self, kind: str, key: str) -> Iterator[None]:
+        """Hold the lock `<root>/<kind>/.lock-<key>` for a short critical section, waiting while another live
+        process holds it (a gone owner's lock is taken over, as for `claim`)."""
+        token = self._try_lock(kind, key)
+        while token is None:
+            time.sleep(min(self.poll_s, 0.05))
+            token = self._try_lock(kind, key)
+        try:
+            yield
+        finally:
+            self._unlock(kind, key, token)
+
     def lock_owner(self, kind: str, key: str) -> dict[str, Any] | None:
         """Who holds a unit's lock now (host, pid, invocation, since), or None."""
         return self._read_lock(self._lock_path(kind, key))[0]
@@ -751,7 +764,8 @@ class ResultStore:
             files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256_file(p), "bytes": p.stat().st_size}
                      for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix() != MARKER}
             record = _seal({"kind": kind, "key": key, "config": config, "summary": summary,
-                            "seconds": round(time.time() - started, 3), "host": HOST, "pid": os.getpid(),
+                            "started": round(started, 3), "seconds": round(time.time() - started, 3),
+                            "host": HOST, "pid": os.getpid(),
                             "invocation": self.invocation, "files": files, "inputs": inputs})
             (tmp / MARKER).write_text(json.dumps(record, indent=1, sort_keys=True))
             # on a path the rename publishes; on a bucket the marker's upload does

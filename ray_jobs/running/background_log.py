@@ -15,6 +15,9 @@ the driver alone, which stops it; it also ends when its stdin closes (the driver
 
 `flush` waits until everything handed over so far is logged and returns the errors the child met, such as
 `DamagedUnit` (a finished cell's scores damaged on disk), so the scheduler can still recompute those.
+An MLflow or OS error is the tracking store failing (mlflow.db deleted, locked, a full disk): the child
+answers it once, in one line, and logs nothing more (the results are in the store; the next invocation
+logs their runs), instead of one multi-line SQL error per remaining unit.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from benchmark.errors import SegleakError
 from benchmark.paths import project_root
+from benchmark.redact import redact
 
 if TYPE_CHECKING:
     from ray_jobs.recording.tracking import Tracker
@@ -48,16 +52,29 @@ def _picklable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def store_fault(exc: BaseException, unit_key: str) -> RuntimeError:
+    """One line for a tracking store that failed: MLflow's message holds the SQL and its parameters; the
+    driver error's own line (`(sqlite3.OperationalError) no such table: runs`) is what says why."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    why = next((line for line in lines if line.startswith("(") and "Error)" in line), lines[0] if lines else "")
+    return RuntimeError(redact(f"the MLflow store failed logging unit {unit_key}: {type(exc).__name__}: {why}"[:600]
+                               + "; later units are not logged by this invocation (their results are kept, "
+                               "the next invocation logs them)"))
+
+
 def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
     """The child's loop: a (tracker args, store args) pickle, then (op, unit, payload) events until None."""
+    from mlflow.exceptions import MlflowException
+
     from ray_jobs.recording.store import ResultStore
     from ray_jobs.recording.tracking import Tracker
     from ray_jobs.units import UNIT_KINDS
 
     tracker_args, store_args = pickle.load(inbox)
-    tracker = Tracker.attach(*tracker_args)
     store = ResultStore(store_args[0], invocation=store_args[1])
+    tracker = Tracker.attach(*tracker_args, locks=store)
     kinds: dict[str, Any] = {}
+    failed = False  # the store failed once: nothing more is sent to it
 
     def answer(message: tuple) -> None:
         pickle.dump(message, outbox)
@@ -74,12 +91,17 @@ def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
         if op == "flush":
             answer(("flushed", None, payload))
             continue
+        if failed:
+            continue
         try:
             kind = kinds.setdefault(unit.kind, UNIT_KINDS.lookup(unit.kind)())
             if op == "done":
                 tracker.log_unit(kind, unit, payload, store)
             else:
                 kind.log_failure(tracker, unit, payload)
+        except (MlflowException, OSError) as exc:  # the store failed (DamagedUnit is no OSError): said once
+            failed = True
+            answer(("error", unit.key, store_fault(exc, unit.key)))
         except Exception as exc:  # noqa: BLE001 - handed back to the driver, which decides
             answer(("error", unit.key, _picklable(exc)))
 

@@ -108,11 +108,12 @@ class Reporter:
 
     def _write(self, grid: Grid, out: Path) -> dict[str, Any]:
         """Leaderboard, plots and leakage maps into `out` (nothing logged to MLflow yet)."""
-        from analysis.report import write_report
+        from analysis.report import write_index, write_report
 
         report: dict[str, Any] = write_report(self.tracker.uri, grid.name, out, self.tracker.parent_id, log=False)
         if grid.leakage_maps:
             report["leakage"] = self._leakage_maps(out / "leakage")
+            write_index(self.tracker.uri, out, self.tracker.parent_id)  # again, with the leakage maps
         return report
 
     def write_report(self, grid: Grid) -> dict[str, Any]:
@@ -153,6 +154,7 @@ class Reporter:
                   f"`segleak leaderboard` / `segleak plots` write it later", file=stream)
         html = [p for p in report.get("leaderboard", []) if Path(p).suffix == ".html"]
         self.tracker.describe(grid.name, html[0] if html else None)
+        self.tracker.log_headline()
         self.tracker.log_parent({
             "wall_seconds": summary.wall_seconds, "compute_seconds": summary.compute_seconds,
             "n_units": len(self.plan.units), "n_cached": summary.cached, "n_failed": len(summary.failed),
@@ -174,10 +176,15 @@ def _print_summary(summary: Summary, report: dict[str, Any], tracker: Tracker, s
               f"{len(summary.failed) - len(causes)} skipped because of them)", file=stream)
         for key, error in sorted(causes.items()):
             print(f"  {key}: {redact(error)}", file=stream)
-    for name in ("leaderboard", "plots"):
+    from analysis.leaderboard import KEY_RESULTS
+
+    key_results = [Path(p) for p in report.get("leaderboard", []) if Path(p).name == KEY_RESULTS]
+    if key_results:  # the headline and the null-check tally, as the leaderboard's key-results box says them
+        print("\n" + key_results[0].read_text(encoding="utf-8").rstrip(), file=stream)
+    for name in ("index", "leaderboard", "plots"):
         paths = [Path(p) for p in report.get(name, [])]
         if paths:
-            print(f"{name}: {paths[0].parent}", file=stream)
+            print(f"{name}: {paths[0] if name == 'index' else paths[0].parent}", file=stream)
     uri = redact(tracker.uri)
     print(f"MLflow: {uri} (experiment {tracker.client.get_experiment(tracker.experiment_id).name}, "
           f"run {tracker.parent_id}); browse with `segleak ui --tracking-uri {uri}` or `make ui`", file=stream)

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from analysis.schema import DATA_SOURCES_PARAM
 from benchmark.errors import SegleakError
 from benchmark.failure import one_line
 from benchmark.paths import default_tracking_uri
@@ -18,7 +19,7 @@ from benchmark.redact import redact
 from benchmark.signals import rearm
 from ray_jobs.grid.file import IMPORTS_ENV
 from ray_jobs.grid.plan import build_plan
-from ray_jobs.grid.sources import make_manifests, prepare_sources
+from ray_jobs.grid.sources import data_sources, make_manifests, prepare_sources
 from ray_jobs.grid.spec import load_grid
 from ray_jobs.recording.store import CREDENTIAL_ENV, ResultStore
 from ray_jobs.running.dry_run import DryRunStore, dry_run_store, print_writes
@@ -86,8 +87,9 @@ def run_benchmark(profile: str | None = None, grid_file: str | None = None, resu
 
     tracker = Tracker(tracking_uri, grid.name, {"profile": profile or ("custom" if grid_file else "default"),
                                                 "grid_name": grid.name, "grid_source": grid.source,
-                                                "results": store.root, "ray_address": address or "local"},
-                      artifact_root=store.root, invocation=store.invocation)
+                                                "results": store.root, "ray_address": address or "local",
+                                                DATA_SOURCES_PARAM: data_sources(grid)},
+                      artifact_root=store.root, invocation=store.invocation, locks=store)
     try:
         summary = _run(plan, grid, store, tracker, address, max_concurrent, started, stream)
     except KeyboardInterrupt as stop:  # Ctrl-C, and SIGTERM/SIGHUP (benchmark.signals.Stopped)

@@ -7,7 +7,8 @@ so the driver never rescans what is in flight and its work per unit does not gro
 Ray retries a failing task (`retries` from the grid); a unit that still fails is recorded with its error
 and only the units downstream of it are skipped, so one bad cell never stops unrelated ones; a full disk
 (DiskFull) is not retried either, and stops the run: nothing new starts, those in flight finish. Each
-finished unit prints one line, instead of Ray's log stream.
+finished unit prints one line, instead of Ray's log stream, led by the count, the elapsed time and the time
+left (benchmark.progress.Tally; on a terminal under a bar with rate and ETA).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import ray
 
 from benchmark.failure import DiskFull
+from benchmark.progress import Tally
 from benchmark.redact import redact
 from ray_jobs.recording.store import DamagedUnit, ResultStore
 from ray_jobs.units import UNIT_KINDS, UnitCrashed, UnitRefused, execute
@@ -61,7 +63,7 @@ class Scheduler:
         self._kinds = {name: UNIT_KINDS.lookup(name)() for name in {u.kind for u in plan.units.values()}}
         self._options: dict[str, Any] = {}
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
-        self._finished = 0
+        self._tally: Tally | None = None  # made by run(), once it knows how many units are finished
 
     def _submit(self, unit: Unit) -> None:
         """Start the unit's task; its future puts (key, future) on `_completed` when it ends."""
@@ -90,9 +92,7 @@ class Scheduler:
                 return items
 
     def _print(self, mark: str, unit: Unit, detail: str) -> None:
-        self._finished += 1
-        print(f"[{self._finished:>4}/{len(self.plan.units)}] {mark} {unit.kind:<7} {unit.label}  {detail}",
-              file=self.stream, flush=True)
+        self._tally.line(f"{mark} {unit.kind:<7} {unit.label}  {detail}")
 
     def _damaged(self, exc: DamagedUnit, prefix: str = "") -> None:
         """One line naming a damaged unit's file and why; the unit has been moved aside to be recomputed."""
@@ -131,7 +131,14 @@ class Scheduler:
             self._damaged(exc)
             outcome.cached.discard(key)
             outcome.done.pop(key, None)
-        self._finished = len(outcome.cached)
+        self._tally = Tally(len(self.plan.units), done=len(outcome.cached), stream=self.stream)
+        try:
+            return self._run(units, outcome)
+        finally:
+            self._tally.close()
+
+    def _run(self, units: list[Unit], outcome: Outcome) -> Outcome:
+        """Schedule every unit not reused, as its inputs finish."""
         waiting: dict[str, int] = {}
         dependents: dict[str, list[str]] = {}
         ready: deque[str] = deque()
@@ -162,8 +169,7 @@ class Scheduler:
                     if isinstance(damaged, DamagedUnit) and unit.key not in retried and damaged.key in self.plan.units:
                         # an input went bad after it was finished: recompute it, then retry this unit (once)
                         retried.add(unit.key)
-                        self._damaged(damaged, prefix=f"[{self._finished:>4}/{len(self.plan.units)}] ! {unit.kind:<7} "
-                                                      f"{unit.label}  input ")
+                        self._damaged(damaged, prefix=f"{self._tally.prefix()} ! {unit.kind:<7} {unit.label}  input ")
                         self._requeue(damaged.key, unit.key, outcome, waiting, dependents, ready, in_flight)
                         continue
                     error = _one_line(exc)
@@ -203,7 +209,7 @@ class Scheduler:
         if damaged in outcome.done:
             outcome.done.pop(damaged)
             outcome.cached.discard(damaged)
-            self._finished -= 1
+            self._tally.undo()
         if damaged not in pending:
             waiting[damaged] = 0
             ready.append(damaged)

@@ -124,12 +124,16 @@ class AuditKind(UnitKind):
         metrics = {k: summary.get(k) for k in schema.AUDIT_METRICS}
         for kind in summary["kinds"]:
             metrics.update({f"{kind}_{k}": summary.get(f"{kind}_{k}") for k in schema.AUDIT_KIND_METRICS})
-        tracker.log_run(schema.AUDIT, f"audit {meta.arch} {meta.defense_label}{' placebo' if meta.control != 'none' else ''}",
-                        params=params, tags={schema.UNIT_TAG: unit.key, schema.SETTING_TAG: meta.setting},
-                        metrics=metrics, artifacts=[audit_dir / SCORES_CSV, audit_dir / TESTS_CSV])
+        tracker.log_run(schema.AUDIT, _run_name(meta), params=params,
+                        tags={schema.UNIT_TAG: unit.key, schema.SETTING_TAG: meta.setting}, metrics=metrics, artifacts=[audit_dir / SCORES_CSV, audit_dir / TESTS_CSV])
 
     def log_failure(self, tracker, unit, error: str) -> None:
         meta: AuditMeta = unit.meta
-        tracker.log_run(schema.AUDIT, f"audit {meta.arch} {meta.defense_label}", params=self._params(unit),
+        tracker.log_run(schema.AUDIT, _run_name(meta), params=self._params(unit),
                         tags={schema.UNIT_TAG: unit.key, schema.SETTING_TAG: meta.setting,
                               schema.ERROR_TAG: error[:4000]}, status="FAILED")
+
+
+def _run_name(meta: AuditMeta) -> str:
+    return schema.run_name(meta.setting, meta.defense_label, "audit", f"{meta.arch} {meta.dataset} seed {meta.seed}",
+                           meta.control)

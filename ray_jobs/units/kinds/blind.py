@@ -85,7 +85,9 @@ class BlindKind(UnitKind):
 
     def log(self, tracker, unit, summary, store) -> None:
         meta: BlindMeta = unit.meta
-        tracker.log_run(schema.BLIND, f"blind baseline {meta.setting} {meta.dataset} <- {meta.shadow_dataset}",
+        tracker.log_run(schema.BLIND, schema.run_name(meta.setting, "no model", "blind baseline",
+                                                      f"{meta.dataset} <- {meta.shadow_dataset} ov={meta.overlap} "
+                                                      f"seed {meta.seed}"),
                         params={k: getattr(meta, k) for k in schema.BLIND_PARAMS},
                         tags={schema.UNIT_TAG: unit.key, schema.SETTING_TAG: meta.setting,
                               "segleak.flagged": str(summary["flagged"]).lower()},

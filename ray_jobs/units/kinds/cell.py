@@ -119,8 +119,11 @@ class CellKind(UnitKind):
 
     def _run(self, tracker, unit, status: str, tags: dict[str, str], metrics: dict[str, Any], artifacts=()) -> None:
         meta: CellMeta = unit.meta
-        name = f"{meta.attack_label} {meta.victim_arch} {meta.defense_label} ov={meta.shadow_overlap}"
-        tracker.log_run(schema.CELL, name, params={k: getattr(meta, k) for k in schema.CELL_PARAMS},
+        name = schema.run_name(meta.setting, meta.defense_label, meta.attack_label,
+                               f"{meta.victim_arch} <- {meta.shadow_arch} ov={meta.shadow_overlap} seed {meta.seed}",
+                               meta.control)
+        tracker.log_run(schema.CELL, name,
+                        params={schema.LOGGED_AS.get(k, k): getattr(meta, k) for k in schema.CELL_PARAMS},
                         tags={schema.UNIT_TAG: unit.key, schema.SETTING_TAG: meta.setting,
                               schema.ADAPTIVE_TAG: str(meta.adaptive).lower(), **tags},
                         metrics=metrics, artifacts=artifacts, status=status)

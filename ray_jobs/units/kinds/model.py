@@ -16,6 +16,9 @@ from ray_jobs.recording.store import ResultStore
 from ray_jobs.units.base import UNIT_KINDS, UnitKind, write_summary
 
 
+CURVES = "curves"  # the summary's per-epoch metrics, logged as `epoch_<name>` at step = epoch
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     dataset: dict[str, Any]  # the adapter's spec
@@ -61,7 +64,7 @@ class ModelKind(UnitKind):
                                  config.train_ids, config.heldout_ids, out, reference_ids=config.reference_ids,
                                  teacher=teacher)
             (out / "seen_train_ids.json").write_text(json.dumps(sorted(result.seen_train_ids)))
-            return write_summary(out, dict(result.metrics))
+            return write_summary(out, {**result.metrics, CURVES: result.curves})
 
     def images(self, config: ModelConfig) -> list[tuple[str, dict[str, Any], list[str]]]:
         return [(config.root, config.dataset, [*config.train_ids, *config.heldout_ids, *config.reference_ids])]
@@ -81,7 +84,7 @@ class ModelKind(UnitKind):
                         tags={schema.UNIT_TAG: unit.key, schema.CHECKPOINT_TAG: f"{store.location('model', unit.key)}/model.pt",
                               schema.PLACEBO_TAG: str(meta.placebo).lower(), schema.SETTING_TAG: meta.setting,
                               **_reference_tags(meta)},
-                        metrics={k: summary.get(k) for k in schema.MODEL_METRICS})
+                        metrics={k: summary.get(k) for k in schema.MODEL_METRICS}, curves=summary.get(CURVES, ()))
 
     def log_failure(self, tracker, unit, error: str) -> None:
         meta: ModelMeta = unit.meta
@@ -96,7 +99,9 @@ class ModelKind(UnitKind):
 
 def _run_name(meta: ModelMeta) -> str:
     role = meta.role if meta.index is None else f"{meta.role} {meta.bank} {meta.index}"
-    return f"{role} {meta.arch} {meta.dataset} {meta.train_defense}"
+    return schema.run_name(meta.setting, meta.train_defense, role,
+                           f"{meta.arch} {meta.dataset} ov={meta.overlap} seed {meta.seed}",
+                           "placebo" if meta.placebo else "none")
 
 
 def _reference_tags(meta: ModelMeta) -> dict[str, str]:
