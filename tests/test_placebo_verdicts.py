@@ -103,3 +103,7 @@ def _true_auc(leak: float, tau: float) -> float:
 
 
 TRUE_AUC = _true_auc(0.6, 0.3)
+
+
+def test_one_model_of_one_seed_keeps_its_own_interval() -> None:
+    assert mean_interval([0.66], [0.45], [0.76], [0]) == (0.66, 0.45, 0.76)

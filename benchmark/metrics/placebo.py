@@ -70,12 +70,15 @@ def mean_interval(values, lows, highs, draws, confidence: float = 0.95) -> tuple
     noise, which they may share, counted in full) + s^2/P (the spread between them). Draws are independent:
     the half-width is the larger of a t interval on the S draw means (S - 1 degrees of freedom: two or three
     seeds cannot pin their spread down, a normal quantile covered a known mean 82% of the time) and z times
-    the within-draw standard error / sqrt(S), which guards against a lucky small spread. se = width / (2 z)."""
+    the within-draw standard error / sqrt(S), which guards against a lucky small spread. se = width / (2 z).
+    A single figure keeps its own (bootstrap) interval."""
     values, lows, highs = (np.asarray(a, dtype=np.float64) for a in (values, lows, highs))
     draws = np.asarray(draws)
     if not (values.shape == lows.shape == highs.shape == draws.shape) or values.ndim != 1 or not len(values):
         raise SegleakError(f"mean_interval needs equal non-empty 1-D inputs, got shapes {values.shape}, "
                            f"{lows.shape}, {highs.shape}, {draws.shape}")
+    if len(values) == 1:  # one model of one draw: its own (bootstrap) interval, not a normal approximation of it
+        return float(values[0]), float(lows[0]), float(highs[0])
     z = float(norm.ppf(0.5 + confidence / 2))
     se2 = ((highs - lows) / (2 * z)) ** 2
     means, variances = [], []
