@@ -196,6 +196,7 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
     out["control"] = out["control"].fillna("none")
     out["shadow_overlap"] = out["shadow_overlap"].map(_float)
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    out["placebo_model"] = pd.to_numeric(out["placebo_model"], errors="coerce").fillna(0).astype(int)
     same = out["shadow_dataset"] == out["dataset"]
     out["setting"] = _column(frame, f"tags.{SETTING_TAG}").fillna(same.map({True: "dependent", False: "independent"}))
     out["error"] = _column(frame, f"tags.{ERROR_TAG}")

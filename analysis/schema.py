@@ -53,13 +53,13 @@ LOGGED_AS = {"victim_arch": "arch", "shadow_overlap": "overlap"}
 
 CELL_PARAMS = (
     "dataset", "victim_arch", "shadow_dataset", "shadow_arch", "shadow_overlap", "defense", "defense_params",
-    "attack", "representation", "seed", "control", "attack_label", "defense_label",
+    "attack", "representation", "seed", "control", "attack_label", "defense_label", "placebo_model",
 )
 CELL_METRICS = (
     "auc", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",
     "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high", "balanced_accuracy",
     "precision", "recall", "victim_miou", "n_members", "n_nonmembers", "n_groups", "n_excluded",
-    "calibration_auc", "dp_epsilon", "dp_delta",
+    "calibration_auc", "calibration_auc_low", "dp_epsilon", "dp_delta", "auc_fold_even", "auc_fold_odd",
 )
 MODEL_PARAMS = ("dataset", "arch", "role", "train_defense", "overlap", "seed", "n_train")
 MODEL_METRICS = ("miou_train", "miou_heldout", "loss_train", "loss_heldout", "dp_epsilon", "dp_delta",

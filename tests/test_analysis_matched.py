@@ -1,5 +1,5 @@
-"""Matched utility: the least leakage a defense family reaches at a target mIoU, read off its Pareto front,
-interpolated inside the measured range and marked outside it; its leaderboard sections and frontier plot."""
+"""Matched utility: the leakage a defense family reaches at a target mIoU, read off a monotone (isotonic) curve
+through all its points, marked outside the measured range; its leaderboard sections and frontier plot."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from analysis.leaderboard import to_markdown
-from analysis.matched import (INTERPOLATED, MEASURED, NOT_REACHED, UPPER_BOUND, least_leakage, matched_sections,
-                              matched_table)
+from analysis.matched import FITTED, NOT_REACHED, UPPER_BOUND, leakage_at, matched_sections, matched_table
 from analysis.matched_plots import plot_matched_frontier
 
 SETTING = {"setting": "dependent", "dataset": "cityscapes", "shadow_dataset": "cityscapes", "victim_arch": "pspnet_tiny"}
@@ -32,37 +31,37 @@ def _family(points: list[tuple[float, float]]) -> pd.DataFrame:
     return pd.DataFrame([_row("dp_sgd", {"noise_multiplier": i}, u, a) for i, (u, a) in enumerate(points)])
 
 
-FAMILY = [(0.30, 0.55), (0.40, 0.60), (0.45, 0.80), (0.50, 0.70)]  # (0.45, 0.80) is dominated by (0.50, 0.70)
+FAMILY = [(0.30, 0.55), (0.40, 0.60), (0.45, 0.80), (0.50, 0.70)]  # 0.45 and 0.50 violate monotonicity
 
 
-def test_least_leakage_interpolates_along_the_pareto_front():
-    reached = least_leakage(_family(FAMILY), "auc", 0.47)
-    assert reached.status == INTERPOLATED and "noise_multiplier=1" in reached.note and "noise_multiplier=3" in reached.note
-    assert reached.value == pytest.approx(0.60 + 0.7 * 0.10)  # not pulled up by the dominated 0.80
-    assert (reached.low, reached.high) == (pytest.approx(reached.value - 0.05), pytest.approx(reached.value + 0.05))
+def test_leakage_is_read_off_a_monotone_fit_of_every_point():
+    reached = leakage_at(_family(FAMILY), "auc", 0.47)
+    assert reached.status == FITTED and "4 settings" in reached.note
+    # the violating pair is pooled to 0.75: not the Pareto read-off 0.67 that ignores the 0.80
+    assert reached.value == pytest.approx(0.75)
+    assert (reached.low, reached.high) == (pytest.approx(0.70), pytest.approx(0.80))
+    assert leakage_at(_family(FAMILY), "auc", 0.35).value == pytest.approx(0.575)  # interpolated on the fit
 
 
 @pytest.mark.parametrize("target, status, value", [
-    (0.50, MEASURED, 0.70), (0.30, MEASURED, 0.55), (0.25, UPPER_BOUND, 0.55), (0.55, NOT_REACHED, math.nan)])
-def test_least_leakage_is_marked_outside_the_measured_range(target, status, value):
-    reached = least_leakage(_family(FAMILY), "auc", target)
+    (0.50, FITTED, 0.75), (0.30, FITTED, 0.55), (0.25, UPPER_BOUND, 0.55), (0.55, NOT_REACHED, math.nan)])
+def test_leakage_is_marked_outside_the_measured_range(target, status, value):
+    reached = leakage_at(_family(FAMILY), "auc", target)
     assert reached.status == status
     assert reached.value == pytest.approx(value, nan_ok=True)
     if status == NOT_REACHED:
         assert "best mIoU 0.500" in reached.note
 
 
-def test_least_leakage_never_exceeds_a_point_at_or_above_the_target():
+def test_the_fit_is_monotone_in_the_target_and_within_the_points():
     rng = np.random.default_rng(0)
-    for _ in range(200):
+    for _ in range(100):
         points = list(zip(rng.uniform(0.1, 0.6, 5), rng.uniform(0.5, 1.0, 5)))
-        target = rng.uniform(0.1, 0.6)
-        reached = least_leakage(_family(points), "auc", target)
-        above = [a for u, a in points if u >= target]
-        if above:
-            assert reached.value <= min(above) + 1e-12
-        else:
-            assert reached.status == NOT_REACHED
+        family = _family(points)
+        targets = np.sort(rng.uniform(0.1, max(u for u, _ in points), 4))
+        values = [leakage_at(family, "auc", t).value for t in targets]
+        assert np.all(np.diff(values) >= -1e-12)
+        assert min(a for _, a in points) - 1e-12 <= min(values) and max(values) <= max(a for _, a in points) + 1e-12
 
 
 def _worst() -> pd.DataFrame:
@@ -80,7 +79,7 @@ def test_matched_table_targets_the_undefended_miou_minus_each_drop():
     dp = table[table["defense"] == "dp_sgd"].set_index("drop")
     assert dp.loc[0.05, "target_miou"] == pytest.approx(0.55) and dp.loc[0.10, "target_miou"] == pytest.approx(0.50)
     # 0.55 lies between 0.52 (AUC 0.65) and 0.58 (0.80): half-way
-    assert dp.loc[0.05, "auc"] == pytest.approx(0.725) and dp.loc[0.05, "auc_status"] == INTERPOLATED
+    assert dp.loc[0.05, "auc"] == pytest.approx(0.725) and dp.loc[0.05, "auc_status"] == FITTED
     assert dp.loc[0.05, "tpr_at_1pct_fpr"] == pytest.approx(0.14)
     relax = table[table["defense"] == "relaxloss"].set_index("drop")
     assert relax.loc[0.05, "auc_status"] == UPPER_BOUND and relax.loc[0.05, "auc"] == pytest.approx(0.70)
@@ -91,8 +90,8 @@ def test_matched_sections_render_in_the_leaderboard():
     sections = matched_sections(_worst())
     assert len(sections) == 1 and "pspnet_tiny" in sections[0].heading
     md = to_markdown(sections, SimpleNamespace(experiment="t", parent_run_id="p"))
-    assert "| dp_sgd | 3 (0.400–0.580) | AUC 0.725 [0.675, 0.775]<br>interpolated between" in md
-    assert "upper bound, outside the measured range: relaxloss alpha=1.0 at mIoU 0.570" in md
+    assert "| dp_sgd | 3 (0.400–0.580) | AUC 0.725 [0.675, 0.775]<br>monotone fit of 3 settings" in md
+    assert "upper bound, outside the measured range: monotone fit of 1 setting (mIoU 0.570-0.570)" in md
     assert "held-out mIoU 0.600" in md and "48 members and 100 non-members" in md
     assert matched_sections(_worst()[lambda f: f["defense"] != "none"]) == []  # nothing to match against
 

@@ -42,7 +42,8 @@ def planned(tmp_path):
 
 
 def references(plan, bank: str | None = None):
-    return [u for u in plan.of_kind("model") if u.meta and u.meta.role == "reference" and bank in (None, u.meta.bank)]
+    return [u for u in plan.of_kind("model")
+            if u.meta and u.meta.role == "reference" and not u.meta.placebo and bank in (None, u.meta.bank)]
 
 
 def test_offline_references_never_train_on_a_victim_query_image(planned):
@@ -142,6 +143,17 @@ def test_the_lira_protocol_pools_the_online_bank_with_its_null_checks(planned):
     scored = set(blind[0].config.members) | set(blind[0].config.nonmembers)
     fitted = set(blind[0].config.shadow_members) | set(blind[0].config.shadow_nonmembers)
     assert not scored & fitted and scored | fitted == set(plan.units[units[0].config.fit].config.pool)
+    for unit in (u for u in units if u.meta.control == "placebo"):  # placebo models: fresh subsets, in no bank
+        fit = plan.units[unit.config.fit].config
+        assert unit.config.placebo and len(unit.config.placebos) == 2 and set(unit.config.placebos) <= set(unit.deps)
+        assert not set(unit.config.placebos) & set(fit.references)
+        subsets = [plan.units[plan.units[r].config.model].config.train_ids for r in fit.references + unit.config.placebos]
+        assert len({tuple(s) for s in subsets}) == len(subsets) and all(set(s) <= set(fit.pool) for s in subsets)
+        sizes = {len(s) for s in subsets}
+        assert max(sizes) - min(sizes) <= 2  # the placebo models train on as many images as the references
+        for key in unit.config.placebos:
+            release = plan.units[key].config
+            assert plan.units[release.model].meta.placebo and set(fit.pool) <= set(release.members) | set(release.nonmembers)
     online_lira = [u for u in units if u.meta.attack_label == "lira/online"]
     victim_fits = {c.config.fit for c in plan.of_kind("cell") if c.meta.attack_label == "lira/online"}
     assert {u.config.fit for u in online_lira} <= victim_fits  # the online fit is shared, not recomputed

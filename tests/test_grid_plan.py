@@ -44,11 +44,11 @@ def test_models_are_shared_across_overlaps_output_defenses_and_attacks(default_p
     archs = len(grid.victim_archs)
     victims = _roles(plan, "victim")
     # per setting and arch: one victim per training-side defense (`none` included), and a placebo victim
-    # for each of them
+    # for each of them (`placebo_models` of them, training seeds apart, for the undefended recipe)
     n_settings = len(grid.settings)
     assert len({(u.meta.placebo, u.config.defense["name"], str(u.config.defense["params"]), u.config.arch,
-                 u.meta.setting) for u in victims}) == len(victims)
-    assert len(victims) <= n_settings * archs * len(training) * 2
+                 u.meta.setting, u.config.seed) for u in victims}) == len(victims)
+    assert len(victims) <= n_settings * archs * (len(training) * 2 + grid.placebo_models - 1)
     counts = plan.counts()
     assert counts["model"] < counts["naive_models"] / 5
 
@@ -108,7 +108,7 @@ def test_every_cell_is_planned_once(default_plan):
 def test_dependencies_point_to_planned_units_of_the_previous_stage(default_plan):
     _, plan = default_plan
     previous = {"release": {"model"}, "fit": {"release"}, "cell": {"fit", "release", "model"}, "model": {"model"},
-                "blind": set(), "protocol": {"fit"}, "audit": {"model", "release"}}
+                "blind": set(), "protocol": {"fit", "release"}, "audit": {"model", "release"}}
     for unit in plan.units.values():
         assert {plan.units[d].kind for d in unit.deps} <= previous[unit.kind]
     order = {u.key: i for i, u in enumerate(plan.topological())}
@@ -174,3 +174,22 @@ def test_an_attack_can_be_restricted_to_some_defenses(tmp_path):
                "victim_archs": ["pspnet_tiny"], "attacks": ["loss_threshold"], "train": {"epochs": 1, "batch_size": 2, "lr": 0.1},
                "defenses": [{"name": "argmax", "only": {"defenses": ["none"]}}]}
         validate(raw, "x.yaml")
+
+
+def test_the_default_profile_trains_several_placebo_victims_per_untrained_recipe(tmp_path):
+    """`placebo_models: 3`: three placebo victims (training seeds) per setting for the recipes without a
+    training-side defense, each with its own cells; a trained defense's placebo stays one model."""
+    grid = load_grid("default")
+    plan = _plan(grid, tmp_path)
+    placebos = [u for u in plan.of_kind("model") if u.meta.role == "victim" and u.meta.placebo]
+    untrained = [u for u in placebos if u.config.defense["name"] == "none"]
+    assert grid.placebo_models == 3 and len(untrained) == 3 * len(grid.settings)
+    assert len({u.config.seed for u in untrained}) == 3
+    for setting in ("dependent", "independent"):
+        models = {u.config.train_ids == v.config.train_ids for u in untrained for v in untrained
+                  if u.meta.setting == v.meta.setting == setting}
+        assert models == {True}  # the same placebo training set, three training draws
+    assert all(sum(u.config.defense["name"] == d for u in placebos) == 1 for d in ("dp_sgd", "relaxloss"))
+    cells = [c for c in plan.of_kind("cell") if c.meta.control == "placebo" and c.meta.defense == "gaussian"]
+    assert {c.meta.placebo_model for c in cells} == {0, 1, 2}
+    assert len({c.config.victim_model for c in cells if c.meta.setting == "independent"}) == 3

@@ -1,12 +1,10 @@
 """Reference attacks through the real unit kinds and store: the fit unit assembles a bank from release units
 and refuses one whose models trained on a victim query image (from what they recorded), Ray Tune chooses a
-value on the attacker's data and the cell scores with it, and the LiRA protocol pools the bank with a
-placebo at chance."""
+value on the attacker's data and the cell scores with it, and the LiRA protocol pools the bank."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -102,24 +100,17 @@ def test_tuned_rmia_is_scored_with_its_tuned_value_and_logs_it(tmp_path: Path) -
         rmia.score(summary["state"], store.local_dir("fit", "fit-1"), victim, 0)
 
 
-def test_protocol_pools_every_pseudo_target_and_its_placebo_is_at_chance(tmp_path: Path) -> None:
+def test_protocol_pools_every_pseudo_target(tmp_path: Path) -> None:
+    """(Its placebo, placebo models through the same leave-one-out code: tests/test_placebo_protocol.py.)"""
     store = ResultStore(tmp_path)
     bank, keys, queries, _ = stored_bank(store, k=8)
     run_fit(store, fit_config(bank, keys, [], "lira", variant="online"))
-    out = {}
-    for placebo in (False, True):
-        config = ProtocolConfig(fit="fit-1", dataset=DATASET, placebo=placebo, seed=0)
-        out[placebo] = ProtocolKind().run(f"protocol-{placebo}", config, store, 1)
-    real, null = out[False], out[True]
+    real = ProtocolKind().run("protocol-1", ProtocolConfig(fit="fit-1", dataset=DATASET, placebo=False, seed=0), store, 1)
     assert real["n_targets"] == 8 and real["n_members"] + real["n_nonmembers"] == 8 * 50
-    assert real["auc_ci_low"] > 0.6
-    assert null["auc_ci_low"] <= 0.5 <= null["auc_ci_high"]
-    assert null["n_members"] == real["n_members"]  # the same number of members per target, permuted
+    assert real["auc_ci_low"] > 0.6 and np.isfinite(real["auc"])
     assert real["balanced_accuracy"] is None and "pseudo-targets" in real["missing"]["balanced_accuracy"]
-    scores = (store.local_dir("protocol", "protocol-False") / "scores.csv").read_text().splitlines()
+    scores = (store.local_dir("protocol", "protocol-1") / "scores.csv").read_text().splitlines()
     assert scores[0] == "image_id,group,target,is_member,score" and len(scores) == 8 * 50 + 1
-    assert asdict(ProtocolConfig("f", DATASET, True, 0))["placebo"] is True
-    assert np.isfinite(real["auc"])
 
 
 def test_stored_offline_lira_scores_keep_full_precision(tmp_path: Path) -> None:

@@ -242,6 +242,24 @@ class ReferenceAttack(Attack):
             rows.append((j, attack.bank_scores(view), member))
         return rows
 
+    def placebo_leave_one_out(self, stats: np.ndarray, masks: np.ndarray, ids: list[str], pool: list[str],
+                              population: list[str], placebo_stats: np.ndarray,
+                              fold_values: dict[str, dict[str, Any]] | None = None,
+                              ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(placebo, scores on the pool, labels) for each placebo model `placebo_stats [P, M(, d)]`: a model
+        trained on a fresh subset (in no bank) takes reference j = p mod K's place and goes through
+        `leave_one_out` as target j, against j's bank and labelled with j's recorded mask. Its signals never
+        depended on that mask, so its AUC is at chance unless the protocol leaks a target's own labels into
+        its scores (its signal into its own bank, say): then it rises with the real protocol's."""
+        rows = []
+        for p, signal in enumerate(placebo_stats):
+            j = p % len(stats)
+            swapped = stats.copy()
+            swapped[j] = signal
+            rows += [(p, scores, member) for _, scores, member in
+                     self.leave_one_out(swapped, masks, ids, pool, population, fold_values, targets=[j])]
+        return rows
+
     def fit_and_calibrate(self, data: AttackerData, out: Path, seed: int, calibration_fraction: float,
                           fold_values: dict[str, dict[str, Any]] | None = None) -> Fitted:
         """Fit (save the bank's signals), then calibrate leave-one-reference-out on the pool; the pooled

@@ -20,7 +20,8 @@ victim's training-side defense, and their outputs pass through its output defens
 
 The LiRA evaluation protocol (`lira_protocol: true` in a grid): the online bank's K models, each in turn the
 target and the others its references, scores pooled over targets (the fit's leave-one-reference-out
-calibration, cross-fitted when tuned); a placebo (each target's membership labels permuted) and a blind
+calibration, cross-fitted when tuned); a placebo (placebo models on fresh subsets of the pool, in no bank, each
+scored as a target under a reference's recorded mask through the same leave-one-out code) and a blind
 baseline (reference 0's split of one half of the pool, predicted from the images alone by a classifier
 fitted on reference 1's split of the other half) run next to it.
 """
@@ -48,6 +49,7 @@ from ray_jobs.units.kinds.protocol import PROTOCOL_SETTING, ProtocolConfig
 SEED_OFFSET = {OFFLINE: 20_000, ONLINE: 30_000}  # reference i of a bank trains with seed + offset + i
 BLIND_INDEX = 10**6  # the stream that halves the online pool for the protocol's blind baseline (no reference)
 FILL_INDEX = 10**6 + 1  # the stream that fills the online pool with attacker images
+PLACEBO_INDEX = 10**5  # the protocol's placebo model p trains on subset stream PLACEBO_INDEX + p (no reference's)
 
 
 def subset_size(pool_size: int, victim_train: int) -> int:
@@ -101,6 +103,7 @@ class BankUnits:
     subsets: tuple[tuple[str, ...], ...]
     pool: tuple[str, ...]
     population: tuple[str, ...]
+    released: tuple[str, ...] = ()  # the images every reference is released on
 
     @property
     def train_size(self) -> int:
@@ -119,12 +122,13 @@ class BankPlanner:
         self.builder, self.grid, self.plan = builder, builder.grid, builder.plan
 
     def _recipe(self, source: DataSource, manifest: Manifest, arch: str, seed: int, bank: str, index: int,
-                train: list[str], pool: Sequence[str]) -> Recipe:
+                train: list[str], pool: Sequence[str], placebo: bool = False) -> Recipe:
         def request(defense: DefenseSetting) -> ModelRequest:
             meta = ModelMeta(dataset=source.name, arch=arch, role="reference", train_defense=defense.label,
-                             overlap="n/a", seed=seed, n_train=len(train), placebo=False, setting=manifest.setting,
+                             overlap="n/a", seed=seed, n_train=len(train), placebo=placebo, setting=manifest.setting,
                              index=index, bank=bank)
-            label = f"reference {index} ({bank} bank) {arch} on {source.name} ({defense.label})"
+            role = f"protocol placebo {index - PLACEBO_INDEX}" if placebo else f"reference {index}"
+            label = f"{role} ({bank} bank) {arch} on {source.name} ({defense.label})"
             return ModelRequest(source, arch, train, sorted(set(pool) - set(train)), seed + SEED_OFFSET[bank] + index,
                                 manifest.pool("shadow_reference"), meta, label)
         return request
@@ -156,7 +160,21 @@ class BankPlanner:
             model = self.builder.model(self._recipe(source, manifest, arch, seed, bank, index, train, pool), defense)
             releases.append(self._release(model, source, train, released))
             subsets.append(tuple(train))
-        return BankUnits(tuple(releases), tuple(subsets), tuple(pool), tuple(attacker))
+        return BankUnits(tuple(releases), tuple(subsets), tuple(pool), tuple(attacker), tuple(released))
+
+    def placebos(self, source: DataSource, manifest: Manifest, arch: str, defense: DefenseSetting, seed: int,
+                 units: BankUnits) -> tuple[str, ...]:
+        """The LiRA protocol placebo's models: trained like the online references (same pool, size, recipe)
+        on subsets of their own streams (PLACEBO_INDEX + p), in no bank, released on the same images."""
+        n = subset_size(len(units.pool), len(manifest.victim.train))
+        releases = []
+        for p in range(self.grid.references["placebo_count"]):
+            train = reference_subset(units.pool, n, seed, ONLINE, PLACEBO_INDEX + p, manifest.group)
+            recipe = self._recipe(source, manifest, arch, seed, ONLINE, PLACEBO_INDEX + p, train, units.pool,
+                                  placebo=True)
+            model = self.builder.model(recipe, defense)
+            releases.append(self._release(model, source, train, units.released))
+        return tuple(releases)
 
     def _note_mismatch(self, bank: str, pool: int, n: int, victim_train: int, queries: int, setting: str) -> None:
         if n < victim_train:
@@ -190,12 +208,15 @@ class BankPlanner:
         which seeded splits of one pool have by construction."""
         units = self.bank(source, manifest, meta.victim_arch, trained_with, meta.seed, ONLINE)
         fit_key = self.fit(attack, seen, units, (), meta.seed)
+        placebos = self.placebos(source, manifest, meta.victim_arch, trained_with, meta.seed, units)
         for control in ("none", "placebo"):
-            config = ProtocolConfig(fit=fit_key, dataset=source.spec, placebo=control == "placebo", seed=meta.seed)
+            chosen = list(placebos) if control == "placebo" else []
+            config = ProtocolConfig(fit=fit_key, dataset=source.spec, placebo=bool(chosen), seed=meta.seed,
+                                    placebos=chosen)
             cell_meta = replace(meta, setting=PROTOCOL_SETTING, shadow_overlap="n/a", control=control)
             label = (f"{meta.attack_label} LiRA protocol on {len(units.releases)} {meta.victim_arch} references "
-                     f"[{meta.defense_label}{', placebo' if control == 'placebo' else ''}]")
-            self.plan.add(Unit.of("protocol", config, (fit_key,), label, cell_meta))
+                     f"[{meta.defense_label}{f', {len(chosen)} placebo models' if chosen else ''}]")
+            self.plan.add(Unit.of("protocol", config, (fit_key, *chosen), label, cell_meta))
         # the blind classifier learns reference 1's split on one half of the pool (whole groups) and scores
         # reference 0's split on the other half: never its own training images, so its interval is honest
         half = set(reference_subset(units.pool, len(units.pool) // 2, meta.seed, ONLINE, BLIND_INDEX, manifest.group))

@@ -24,6 +24,7 @@ from ray_jobs.units.kinds.model import ModelConfig, ModelMeta
 from ray_jobs.units.kinds.release import ReleaseConfig
 
 ROLE_SEED_OFFSET = {"victim": 0, "shadow": 10_000}  # a shadow that happens to share data is not the victim
+PLACEBO_MODEL_SEED = 50_000  # placebo victim r > 0 of a recipe trains with seed + r * this (r = 0: the seed)
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,13 @@ class UnitBuilder:
         )
         return self.plan.add(Unit.of("model", config, tuple(deps), request.label, request.meta))
 
-    def role_recipe(self, source: DataSource, manifest: Manifest, role: str, arch: str, seed: int) -> Recipe:
-        """The grid's victim or shadow of one manifest: trained on its role's split."""
+    def role_recipe(self, source: DataSource, manifest: Manifest, role: str, arch: str, seed: int,
+                    replicate: int = 0) -> Recipe:
+        """The grid's victim or shadow of one manifest: trained on its role's split; `replicate` r > 0: the
+        placebo victim's r-th further training draw (its own seed, the same images)."""
         split = getattr(manifest, role)
         placebo = manifest.placebo and role == "victim"
+        placebo_label = f", placebo{f' {replicate}' if replicate else ''}" if placebo else ""
 
         def request(defense: DefenseSetting) -> ModelRequest:
             meta = ModelMeta(
@@ -84,14 +88,15 @@ class UnitBuilder:
                 overlap=manifest.overlap if role == "shadow" and manifest.setting == "dependent" else "n/a",
                 seed=seed, n_train=len(split.train), placebo=placebo, setting=manifest.setting,
             )
-            label = f"{role} {arch} on {source.name} ({defense.label}{', placebo' if placebo else ''})"
-            return ModelRequest(source, arch, split.train, split.nonmembers, seed + ROLE_SEED_OFFSET[role],
+            label = f"{role} {arch} on {source.name} ({defense.label}{placebo_label})"
+            return ModelRequest(source, arch, split.train, split.nonmembers,
+                                seed + ROLE_SEED_OFFSET[role] + replicate * PLACEBO_MODEL_SEED,
                                 manifest.pool(f"{role}_reference"), meta, label)
         return request
 
     def role_model(self, source: DataSource, manifest: Manifest, role: str, arch: str, defense: DefenseSetting,
-                   seed: int) -> str:
-        return self.model(self.role_recipe(source, manifest, role, arch, seed), defense)
+                   seed: int, replicate: int = 0) -> str:
+        return self.model(self.role_recipe(source, manifest, role, arch, seed, replicate), defense)
 
     def release(self, model_key: str, source: DataSource, members: Sequence[str], nonmembers: Sequence[str],
                 label: str = "outputs of {model}", dataset: dict[str, Any] | None = None) -> str:
@@ -134,7 +139,8 @@ class UnitBuilder:
             scored_ids=sorted(members + nonmembers), seed=meta.seed, population=population,
         )
         label = (f"{meta.attack_label} vs {meta.victim_arch} on {meta.dataset} [{meta.setting}, overlap "
-                 f"{meta.shadow_overlap}, {meta.defense_label}{', placebo' if meta.control == 'placebo' else ''}]")
+                 f"{meta.shadow_overlap}, {meta.defense_label}{', placebo' if meta.control == 'placebo' else ''}"
+                 f"{f' {meta.placebo_model}' if meta.placebo_model else ''}]")
         deps = (fit_key, victim_release, victim_model, *((population,) if population else ()))
         return self.plan.add(Unit.of("cell", config, deps, label, meta))
 

@@ -18,7 +18,7 @@ from benchmark.needs import POPULATION, REFERENCES, SHADOW
 from ray_jobs.grid.audit import add_audits
 from ray_jobs.grid.bank import BankPlanner
 from ray_jobs.grid.builder import UnitBuilder
-from ray_jobs.grid.entries import NO_DEFENSE
+from ray_jobs.grid.entries import NO_DEFENSE, DefenseSetting
 from ray_jobs.grid.sources import DataSource
 from ray_jobs.grid.spec import Grid, Setting
 from ray_jobs.units.base import Plan
@@ -42,15 +42,23 @@ class _SlicePlanner:
         return self.builder.blind(victim, members, nonmembers, shadow, manifest.shadow.members,
                                   manifest.shadow.nonmembers, seed, meta, label)
 
+    def placebo_models(self, control: str, defense: DefenseSetting) -> int:
+        """Victims per (slice, defense setting): `placebo_models` placebo victims (training draws) where the
+        recipe has no training-side defense (output defenses reuse them), one elsewhere (each costs a training)."""
+        untrained = defense.output_side or defense.name == NO_DEFENSE.name
+        return self.grid.placebo_models if control == "placebo" and untrained else 1
+
     def slice(self, setting: Setting, manifest: Manifest, seed: int, control: str) -> None:
         grid, builder, banks = self.grid, self.builder, self.banks
         victim_src, shadow_src = self.sources[setting.dataset], self.sources[setting.shadow_dataset]
         where = {"overlap": manifest.overlap, "setting": setting.kind, "control": control}
         for victim_arch in grid.victim_archs:
             for shadow_arch in grid.shadow_archs_for(victim_arch):
-                for defense in (d for d in grid.defenses if d.only.allows(victim_arch, **where)):
+                for defense, replicate in ((d, r) for d in grid.defenses if d.only.allows(victim_arch, **where)
+                                           for r in range(self.placebo_models(control, d))):
                     trained_with = NO_DEFENSE if defense.output_side else defense
-                    victim_model = builder.role_model(victim_src, manifest, "victim", victim_arch, trained_with, seed)
+                    victim_model = builder.role_model(victim_src, manifest, "victim", victim_arch, trained_with, seed,
+                                                      replicate)
                     victim_release = builder.release(victim_model, victim_src, manifest.victim.members,
                                                      manifest.victim.nonmembers)
                     attacks = [a for a in grid.attacks
@@ -72,7 +80,7 @@ class _SlicePlanner:
                             defense=defense.name, defense_params=json.dumps(defense.params_dict, sort_keys=True),
                             defense_label=defense.label, attack=attack.name, representation=attack.representation,
                             attack_label=attack.label, seed=seed, control=control, setting=setting.kind,
-                            adaptive=grid.adaptive,
+                            adaptive=grid.adaptive, placebo_model=replicate,
                         )
                         self.plan.n_cells_requested += 1
                         if REFERENCES not in attack.attack.requirements():

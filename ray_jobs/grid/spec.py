@@ -36,6 +36,7 @@ REFERENCE_PARAMS: dict[str, Param] = {
     "count": Param(int, default=8, low=3, help="reference models per bank (offline, and online unless set)"),
     "online_count": Param(int, default=None, nullable=True, low=3, help="the online bank's size (null: count)"),
     "by_defense": Param(dict, default={}, help="smaller banks under some training defenses: {name or label: count}"),
+    "placebo_count": Param(int, default=2, low=1, help="placebo models per online bank for the LiRA protocol's placebo"),
 }
 
 
@@ -95,6 +96,7 @@ class Grid:
     blind: bool = True
     references: dict[str, Any] = field(default_factory=dict)  # the reference banks' sizes (REFERENCE_PARAMS)
     lira_protocol: Only | None = None  # where the LiRA protocol runs (None: nowhere)
+    placebo_models: int = 1  # placebo victims per placebo recipe without a training-side defense (grid.plan)
     audit: AuditSpec | None = None  # one-run privacy audits (ray_jobs.grid.audit_block)
 
     def shadow_archs_for(self, victim_arch: str) -> tuple[str, ...]:
@@ -134,6 +136,8 @@ _TOP: dict[str, Param] = {
     "references": Param(dict, default={}, help="reference banks for LiRA, RMIA, calibrated loss: {count, online_count}"),
     "lira_protocol": Param(object, default=False, help="the LiRA evaluation protocol on each online reference bank: "
                            "true, or {defenses: [...]} for the banks under those defenses only"),
+    "placebo_models": Param(int, default=1, low=1, help="placebo victims (training seeds) per setting and recipe "
+                            "without a training-side defense: the placebo verdict's spread between models"),
     "audit": Param(dict, default=None, nullable=True, help="one-run privacy audits (ray_jobs/grid/audit.py)"),
 }
 
@@ -271,6 +275,7 @@ def validate(raw: Any, source: str) -> Grid:
         blind=top["blind"],
         references=check(check_params, "references", REFERENCE_PARAMS, top["references"]),
         lira_protocol=_protocol(check, top["lira_protocol"]),
+        placebo_models=top["placebo_models"],
     )
     if len(set(grid.seeds)) != len(grid.seeds) or len(set(grid.overlaps)) != len(grid.overlaps):
         raise check.fail("seeds/overlaps", "a value is listed twice")

@@ -61,6 +61,7 @@ class CellMeta:
     control: str
     setting: str
     adaptive: bool
+    placebo_model: int = 0  # which placebo victim (training draw) of the recipe; 0 for every other cell
 
 
 @UNIT_KINDS.register_module()
@@ -102,6 +103,7 @@ class CellKind(UnitKind):
             metrics = membership_metrics(scores, target.is_member, threshold=fit_summary["threshold"],
                                          seed=config.seed, groups=groups)
             metrics.update(victim_miou=miou(conf), calibration_auc=fit_summary["calibration_auc"],
+                           calibration_auc_low=fit_summary.get("calibration_auc_low"),
                            n_excluded=int((~scored).sum()), tuned=fit_summary.get("tuned") or {}, **dp)
             with open(out / SCORES, "w", newline="") as handle:
                 writer = csv.writer(handle)

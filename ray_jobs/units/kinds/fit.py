@@ -20,6 +20,7 @@ from benchmark.defenses import output_transform
 from benchmark.defenses.base import OutputDefense
 from benchmark.errors import SegleakError
 from benchmark.metrics.membership import best_balanced_threshold, membership_metrics
+from benchmark.metrics.selection import auc_lower_bound
 from benchmark.registry import ATTACKS, DEFENSES
 from ray_jobs.recording.store import ResultStore
 from ray_jobs.units.base import UNIT_KINDS, UnitKind, write_summary
@@ -76,6 +77,7 @@ class FitKind(UnitKind):
     name = "fit"
     stage = "attack"
     config_type = FitConfig
+    version = 2  # the summary records the calibration AUC's lower bound (the strongest-attack rule reads it)
     shaped_by = {"attack": ATTACKS, "output_defense": DEFENSES}
 
     def run(self, key: str, config: FitConfig, store: ResultStore, num_threads: int) -> dict[str, Any]:
@@ -103,8 +105,12 @@ class FitKind(UnitKind):
             threshold = attack.threshold(fitted.state)
             if threshold is None:  # chosen on the attacker's calibration images, never on the victim's
                 threshold = best_balanced_threshold(fitted.calibration_scores, fitted.calibration_is_member)
+            per_image = max(1, len(config.references))  # leave-one-out rows repeat an image once per target
+            low = auc_lower_bound(calibration["auc"], calibration["n_members"] / per_image,
+                                  calibration["n_nonmembers"] / per_image)
             return write_summary(out, {
                 "state": fitted.state, "threshold": float(threshold), "calibration_auc": calibration["auc"],
+                "calibration_auc_low": low,
                 "n_calibration": int(len(fitted.calibration_scores)), "tuned": tuned,
                 **({"tuned_folds": folds} if folds else {}),
             })
