@@ -22,8 +22,9 @@ NOTE = ("One-run audits (Steinke, Nasr, Jagielski 2023): m canaries outside ever
         "model's training with probability 1/2; the auditor guesses \"in\" for the k highest scores and \"out\" for "
         "the k lowest, and the count of correct guesses rejects every epsilon below the bound. The bound holds at "
         "the stated confidence after paying for every (score, k) tried (Bonferroni); each kind's bound holds on "
-        "its own. Ceiling: the bound if every guess were right. A DP model's bound must not exceed its "
-        "accountant's epsilon; the placebo (a victim that never saw a canary) must give 0.")
+        "its own, uncorrected for the kinds tried, so the check against the accountant reads the pooled bound only. "
+        "Ceiling: the bound if every guess were right. A DP model's bound must not exceed its accountant's epsilon; "
+        "each placebo (the same audit of the same recipe with every canary excluded) must give 0.")
 
 
 def _accountant(row: pd.Series) -> float:
@@ -45,12 +46,11 @@ def _check(row: pd.Series) -> Cell:
     if row["control"] == "placebo":
         ok = row["eps_lower"] == 0
         return Cell(["✓ pass" if ok else "✗ FAIL"], state="pass" if ok else "fail",
-                    title="a victim that never saw a canary must give a bound of 0 (5% error rate)")
+                    title="the audited recipe with every canary excluded must give a bound of 0 (5% error rate)")
     accountant = _accountant(row)
     if math.isinf(accountant):
         return Cell([MISSING], state="missing", title="no accountant: nothing to check the bound against")
-    ok = row["eps_lower"] <= accountant and all(
-        not pd.notna(row.get(f"{k}_eps_lower")) or row[f"{k}_eps_lower"] <= accountant for k in KINDS)
+    ok = row["eps_lower"] <= accountant  # the pooled bound: the per-kind ones are not corrected across kinds
     return Cell(["✓ ≤ accountant" if ok else "✗ ABOVE ACCOUNTANT"], state="pass" if ok else "fail")
 
 
@@ -121,7 +121,7 @@ def plot_audit(audits: pd.DataFrame, out) -> list:
             handles.append(Line2D([], [], ls="", marker=marker, color=colour, markeredgecolor="k",
                                   markeredgewidth=0.5, label=name + suffix))
     handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="0.3",
-                          label="hollow: placebo, a victim that never saw a canary (must be 0)"))
+                          label="hollow: placebo, the same audit with every canary excluded (must be 0)"))
     ceiling = float(done["ceiling"].max())
     handles.append(ax.axhline(ceiling, color="0.6", ls=":", lw=1,
                               label=f"ceiling: every guess right ({done['m'].max():.0f} canaries)"))

@@ -39,7 +39,7 @@ LEGEND = (
     "Score tables: one row per defense setting and victim architecture, the attacker's worst case over shadow "
     "overlaps and architectures, among the attacks that ran against every defense of the setting (so each faced "
     "the same). AUC as mean ± std over seeds with the mean bootstrap interval in brackets (over groups of images "
-    "where they share one), TPR at 1% FPR with its Clopper-Pearson interval, the victim's held-out mIoU, and the "
+    "where they share one), TPR at 1% FPR with its bootstrap interval (members and non-members resampled, the threshold re-estimated), the victim's held-out mIoU, and the "
     "members / non-members scored (images the attacker trained on are never scored). The "
     f"{SELECTION_RULE}. {MISSING} = not in the grid or not resolvable by the data; failed = every seed of every "
     "attack failed. Every cell and attack, with every metric, is in leaderboard.csv."

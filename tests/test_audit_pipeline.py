@@ -6,6 +6,7 @@ Slow: trains tiny segmentation models."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from ray_jobs.grid.sources import make_manifests, prepare_sources
 from ray_jobs.grid.spec import load_grid
 from ray_jobs.recording.store import ResultStore
 from ray_jobs.units import execute
-from ray_jobs.units.base import Plan
+from ray_jobs.units.base import Plan, config_json, unit_key
 
 pytestmark = pytest.mark.slow
 
@@ -83,15 +84,27 @@ def audited(tmp_path_factory):
 def test_the_plan_audits_each_defense_once_and_a_placebo(audited):
     plan, summaries, _ = audited
     audits = plan.of_kind("audit")
-    assert sorted((u.meta.defense_label, u.meta.control) for u in audits) == sorted([
-        ("none", "none"), ("dp_sgd(max_grad_norm=1, noise_multiplier=0.7)", "none"),
-        ("dp_sgd(max_grad_norm=1, noise_multiplier=2)", "none"), ("none", "placebo")])
+    labels = ["none", "dp_sgd(max_grad_norm=1, noise_multiplier=0.7)", "dp_sgd(max_grad_norm=1, noise_multiplier=2)"]
+    assert sorted((u.meta.defense_label, u.meta.control) for u in audits) == sorted(
+        (label, control) for label in labels for control in ("none", "placebo"))
+    real = {u.meta.defense_label: u for u in audits if u.meta.control == "none"}
     for unit in audits:
         model = plan.units[unit.config.model]
         canaries = {i for ids in unit.config.canaries.values() for i in ids}
         trained = set(model.config.train_ids)
-        if unit.meta.control == "placebo":
-            assert not trained & canaries  # the grid's victim never saw a canary
+        if unit.meta.control == "placebo":  # the real audit's pipeline, every canary's influence removed
+            twin = real[unit.meta.defense_label]
+            twin_model = plan.units[twin.config.model]
+            assert (unit.config.reference, unit.config.included, unit.config.scores) == (
+                twin.config.reference, twin.config.included, twin.config.scores)
+            mine, theirs = plan.units[unit.config.release].config, plan.units[twin.config.release].config
+            assert {**vars(mine), "model": None} == {**vars(theirs), "model": None}
+            assert model.config.seed == twin_model.config.seed
+            if unit.meta.defense == "dp_sgd":  # every canary an inert placeholder: same size, same sampling rate
+                assert len(trained) == len(twin_model.config.train_ids)
+                assert {i for i, t in model.config.dataset["labels"].items() if t == "masked"} == canaries
+            else:
+                assert not trained & canaries
             continue
         assert model.config.seed != plan.units[plan.units[unit.config.reference].deps[0]].config.seed
         if unit.meta.defense == "dp_sgd":  # inert placeholders: the size does not depend on the draw
@@ -112,7 +125,7 @@ def test_dp_bounds_never_exceed_the_accountant_and_the_undefended_model_leaks(au
             kinds = [s[f"{k}_eps_lower"] for k in s["kinds"]]
             assert 0 < s["dp_epsilon"] and max(s["eps_lower"], *kinds) <= s["dp_epsilon"], s
             assert s["delta"] == pytest.approx(min(1e-5, 1 / (10 * (8 + 40))))
-    assert by_label[("none", "placebo")]["eps_lower"] == 0  # a model that never saw a canary
+    assert all(s["eps_lower"] == 0 for (_, control), s in by_label.items() if control == "placebo"), by_label
 
 
 def test_audit_figures_are_consistent(audited):
@@ -146,3 +159,47 @@ def test_an_excluded_canary_is_an_inert_placeholder_under_dp(small_cityscapes, t
     assert all(torch.equal(a[k], b[k]) for k in a)
     real = weights(ids[5], None, "real")
     assert not all(torch.equal(a[k], real[k]) for k in a)
+
+
+def _run(kind: str, config, store: ResultStore) -> str:
+    """A unit of a hand-made config run in this process (its own key: nothing cached is reused)."""
+    key = unit_key(kind, config)
+    execute(kind, key, config_json(config), str(store.root), 1)
+    return key
+
+
+def _placebo(plan: Plan):
+    return next(u for u in plan.of_kind("audit") if u.meta.control == "placebo" and u.meta.defense == "none")
+
+
+def test_the_audit_placebo_fails_when_the_reference_saw_the_excluded_canaries(audited):
+    """Mutation: a calibration reference trained on the canaries the draw excluded. Real and placebo audits read
+    the same reference, so the placebo's bound rises above 0 and the bug shows (the placebo it replaces, the
+    undefended victim calibrated by the placebo victim, never read this reference and passed)."""
+    plan, summaries, store = audited
+    placebo = _placebo(plan)
+    excluded = sorted({i for ids in placebo.config.canaries.values() for i in ids} - set(placebo.config.included))
+    reference_release = plan.units[placebo.config.reference].config
+    reference_model = plan.units[reference_release.model].config
+    view = plan.units[placebo.config.release].config.dataset  # the canary view: crafted labels of every canary
+    leaky_model = dataclasses.replace(reference_model, dataset=view,
+                                      train_ids=sorted(reference_model.train_ids + excluded))
+    leaky = dataclasses.replace(reference_release, model=_run("model", leaky_model, store))
+    audit = dataclasses.replace(placebo.config, reference=_run("release", leaky, store))
+    assert summaries[placebo.key]["eps_lower"] == 0
+    assert store.read_unit("audit", _run("audit", audit, store))["summary"]["eps_lower"] > 0
+
+
+def test_the_audit_placebo_fails_when_the_canary_view_leaks_the_draw(audited):
+    """Mutation: a canary view whose labels depend on the draw (the excluded canaries read with permuted label
+    maps). Whatever the model, included canaries then look like members: the placebo's bound rises above 0."""
+    plan, summaries, store = audited
+    placebo = _placebo(plan)
+    release = plan.units[placebo.config.release].config
+    excluded = {i for ids in placebo.config.canaries.values() for i in ids} - set(placebo.config.included)
+    view = {**release.dataset, "labels": dict(sorted({**release.dataset["labels"],
+                                                      **{i: "permuted" for i in excluded}}.items()))}
+    leaking = dataclasses.replace(release, dataset=view)
+    audit = dataclasses.replace(placebo.config, release=_run("release", leaking, store))
+    assert store.read_unit("audit", _run("audit", audit, store))["summary"]["eps_lower"] > 0
+

@@ -25,33 +25,33 @@ def test_default_profile_audits_the_undefended_victim_and_two_dp_epsilons(tmp_pa
     grid = load_grid("extended")
     plan = _plan(grid, tmp_path)
     audits = plan.of_kind("audit")
-    assert sorted((u.meta.defense_label, u.meta.control) for u in audits) == sorted([
-        ("none", "none"), ("dp_sgd(max_grad_norm=1, target_epsilon=2)", "none"),
-        ("dp_sgd(max_grad_norm=1, target_epsilon=8)", "none"), ("none", "placebo")])
+    labels = ["none", "dp_sgd(max_grad_norm=1, target_epsilon=2)", "dp_sgd(max_grad_norm=1, target_epsilon=8)"]
+    assert sorted((u.meta.defense_label, u.meta.control) for u in audits) == sorted(
+        (label, control) for label in labels for control in ("none", "placebo"))
     victims = {(u.meta.setting, u.config.arch, u.config.defense["name"], u.meta.placebo): u.key
                for u in plan.of_kind("model") if u.meta.role == "victim"}
     for unit in audits:
         assert unit.meta.setting == "independent" and unit.meta.arch == "pspnet_tiny"
         canaries = {i for ids in unit.config.canaries.values() for i in ids}
         assert len(canaries) == 96 and {len(v) for v in unit.config.canaries.values()} == {48}
-        reference = plan.units[plan.units[unit.config.reference].deps[0]]
-        assert not set(reference.config.train_ids) & canaries  # the calibration never saw a canary
-        if unit.meta.control == "placebo":
-            assert unit.config.model == victims[("independent", "pspnet_tiny", "none", False)]
-            assert reference.key == victims[("independent", "pspnet_tiny", "none", True)]
-            continue
         model = plan.units[unit.config.model]
-        assert model.meta.role == "audit" and set(model.config.heldout_ids).isdisjoint(canaries)
+        assert model.meta.role == "audit" and model.meta.placebo == (unit.meta.control == "placebo")
+        if unit.meta.defense == "dp_sgd":  # `reference: grid` and no DP victim in the grid: no calibrated score
+            assert unit.config.reference is None and unit.config.scores == ["loss"]
+        else:  # the grid's own undefended victim (no extra training), which never saw a canary
+            reference = plan.units[plan.units[unit.config.reference].deps[0]]
+            assert reference.key == victims[("independent", "pspnet_tiny", "none", False)]
+            assert not set(reference.config.train_ids) & canaries
+        if unit.meta.control == "placebo":
+            continue
+        assert set(model.config.heldout_ids).isdisjoint(canaries)
         victim = plan.units[victims[("independent", "pspnet_tiny", "none", False)]]  # members do not depend on the defense
-        members = set(victim.config.train_ids)
-        assert set(model.config.train_ids) - canaries == members
-        # `reference: grid`: the grid's own victim (no extra training; the DP epsilons audited are not in the grid)
-        assert reference.key == victims[("independent", "pspnet_tiny", "none", False)]
+        assert set(model.config.train_ids) - canaries == set(victim.config.train_ids)
     # the grid's cells are untouched by the audit (same units with and without it)
     without = _plan(dataclasses.replace(grid, audit=None), tmp_path)
     assert {u.key for u in without.units.values() if u.kind == "cell"} == {u.key for u in plan.of_kind("cell")}
     assert {u.key for u in plan.of_kind("model")} - {u.key for u in without.of_kind("model")} == {
-        u.config.model for u in audits if u.meta.control == "none"}  # only the three audit models are new
+        u.config.model for u in audits}  # only the three audit models and their three placebos are new
 
 
 def test_same_defense_references_train_a_reference_per_dp_epsilon(tmp_path):

@@ -19,9 +19,11 @@ Per (seed, setting with canaries, victim arch) and audited defense, the plan add
 - its release on every canary, and the release of a reference model that never saw a canary (the victim
   trained with the same defense: the grid's own victim when the grid has that defense) for the calibrated score;
 - an `audit` unit: the scores, the bound with its k and count, logged to MLflow (kind "audit").
-- a placebo audit (`placebo: true`): the undefended victim, which never saw a canary, audited against the same
-  draw (calibrated by the placebo victim when the grid has the placebo control): its bound must be 0 up to the
-  test's 5% error rate.
+- a placebo audit per audited defense (`placebo: true`): everything the real audit has (the same reference
+  release, the same release config and canary view, the same draw, the same scores) but an audit model built by
+  the same recipe with every canary excluded (masked under DP-SGD). Its bound must be 0 up to the test's error
+  rate; a reference that saw the excluded canaries, or a canary view that leaks the draw, lifts it as it lifts
+  the real audit.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from benchmark.data.splits import Manifest
 from benchmark.defenses.components.dp_sgd import default_delta
 from ray_jobs.grid.audit_block import AuditSpec
 from ray_jobs.grid.builder import ModelRequest, UnitBuilder
-from ray_jobs.grid.entries import NO_DEFENSE, DefenseSetting
+from ray_jobs.grid.entries import DefenseSetting
 from ray_jobs.grid.sources import DataSource
 from ray_jobs.grid.spec import Setting
 from ray_jobs.units.base import Unit
@@ -46,10 +48,9 @@ AUDIT_SEED_OFFSET = 20_000  # victims use the seed, shadows +10000
 class _Audits:
     """Adds the audit units of one (seed, setting) to a plan."""
 
-    def __init__(self, builder: UnitBuilder, spec: AuditSpec, setting: Setting, manifest: Manifest,
-                 placebo: Manifest | None, seed: int) -> None:
+    def __init__(self, builder: UnitBuilder, spec: AuditSpec, setting: Setting, manifest: Manifest, seed: int) -> None:
         self.builder, self.spec, self.seed = builder, spec, seed
-        self.manifest, self.placebo_manifest = manifest, placebo
+        self.manifest = manifest
         self.source: DataSource = builder.sources[setting.dataset]
         self.canaries = sorted(manifest.pool("canaries"))
         self.included = sorted(manifest.pool("canaries_in"))
@@ -60,21 +61,25 @@ class _Audits:
         return {"type": "canary_view", "base": self.source.spec, "labels": dict(sorted(labels.items())),
                 "seed": self.seed}
 
-    def audit_model(self, arch: str, defense: DefenseSetting) -> str:
-        """The audited model: members + included canaries (+ inert placeholders under per-image clipping)."""
+    def audit_model(self, arch: str, defense: DefenseSetting, placebo: bool = False) -> str:
+        """The audited model: members + included canaries (+ inert placeholders under per-image clipping). Its
+        placebo is built by the same recipe with every canary excluded (masked under per-image clipping): the
+        same members, seed, training set size and sampling rate, only the canaries' influence gone."""
+        included = [] if placebo else self.included
+
         def request(trained_with: DefenseSetting) -> ModelRequest:
             members = list(self.manifest.victim.members)
             if trained_with.defense.per_image_clipping:
-                labels = {**self.crafted, **{i: MASKED for i in set(self.canaries) - set(self.included)}}
+                labels = {**self.crafted, **{i: MASKED for i in set(self.canaries) - set(included)}}
                 train_ids = members + self.canaries
             else:
-                labels = {i: t for i, t in self.crafted.items() if i in set(self.included)}
-                train_ids = members + self.included
+                labels = {i: t for i, t in self.crafted.items() if i in set(included)}
+                train_ids = members + included
             meta = ModelMeta(dataset=self.source.name, arch=arch, role="audit", train_defense=trained_with.label,
-                             overlap="n/a", seed=self.seed, n_train=len(train_ids), placebo=False,
+                             overlap="n/a", seed=self.seed, n_train=len(train_ids), placebo=placebo,
                              setting=self.manifest.setting)
-            label = (f"audit model {arch} on {self.source.name} ({trained_with.label}, {len(self.included)} of "
-                     f"{len(self.canaries)} canaries)")
+            label = (f"{'placebo ' if placebo else ''}audit model {arch} on {self.source.name} ({trained_with.label}, "
+                     f"{len(included)} of {len(self.canaries)} canaries)")
             return ModelRequest(self.source, arch, train_ids, self.manifest.victim.nonmembers,
                                 self.seed + AUDIT_SEED_OFFSET, self.manifest.pool("victim_reference"), meta, label,
                                 dataset=self._view(labels))
@@ -88,7 +93,7 @@ class _Audits:
     def audit(self, arch: str, model: str, reference: str | None, defense: DefenseSetting, control: str,
               scores: tuple[str, ...]) -> str:
         n_public = len(self.manifest.victim.members) + len(self.canaries)
-        release = self.canary_release(model, self.included if control == "none" else [])
+        release = self.canary_release(model, self.included)  # the placebo's release config is the real one's
         reference_release = self.canary_release(reference, []) if reference else None
         config = AuditConfig(
             model=model, release=release, reference=reference_release, canaries=self.kinds,
@@ -103,10 +108,11 @@ class _Audits:
                  f"{', placebo' if control == 'placebo' else ''}]")
         return self.builder.plan.add(Unit.of("audit", config, deps, label, meta))
 
-    def reference(self, arch: str, defense: DefenseSetting) -> str:
+    def reference(self, arch: str, defense: DefenseSetting) -> str | None:
         """The victim trained with `defense` (never on a canary): the grid's own when the grid has that
         defense; else (`reference: same_defense`) one trained for the audit, shown as a reference model rather
-        than as a victim nobody attacks, or (`reference: grid`) the grid's undefended victim."""
+        than as a victim nobody attacks, or (`reference: grid`) none: a reference trained another way would
+        calibrate the score with the wrong model, so that audit reads the uncalibrated scores only."""
         plan = self.builder.plan
         before = dict(plan.units)
         key = self.builder.role_model(self.source, self.manifest, "victim", arch, defense, self.seed)
@@ -114,7 +120,7 @@ class _Audits:
             return key
         if self.spec.reference == "grid":
             plan.units = before  # not trained by the grid: leave it (and a teacher it needs) out of the plan
-            return self.builder.role_model(self.source, self.manifest, "victim", arch, NO_DEFENSE, self.seed)
+            return None
         unit = self.builder.plan.units[key]
         unit.meta = dataclasses.replace(unit.meta, role="reference")
         return key
@@ -123,13 +129,11 @@ class _Audits:
         calibrated = any(s in NEEDS_REFERENCE for s in self.spec.scores)
         for defense in self.spec.defenses:
             reference = self.reference(arch, defense) if calibrated else None
-            self.audit(arch, self.audit_model(arch, defense), reference, defense, "none", self.spec.scores)
-        if self.spec.placebo:
-            victim = self.builder.role_model(self.source, self.manifest, "victim", arch, NO_DEFENSE, self.seed)
-            other = (self.builder.role_model(self.source, self.placebo_manifest, "victim", arch, NO_DEFENSE, self.seed)
-                     if calibrated and self.placebo_manifest is not None else None)
-            scores = self.spec.scores if other else tuple(s for s in self.spec.scores if s not in NEEDS_REFERENCE)
-            self.audit(arch, victim, other, NO_DEFENSE, "placebo", scores or ("loss",))
+            scores = self.spec.scores if reference else (
+                tuple(s for s in self.spec.scores if s not in NEEDS_REFERENCE) or ("loss",))
+            self.audit(arch, self.audit_model(arch, defense), reference, defense, "none", scores)
+            if self.spec.placebo:  # the same audit of a model that never saw a canary: its bound must be 0
+                self.audit(arch, self.audit_model(arch, defense, placebo=True), reference, defense, "placebo", scores)
 
 
 def add_audits(builder: UnitBuilder, manifests: dict[tuple, Manifest]) -> None:
@@ -138,13 +142,13 @@ def add_audits(builder: UnitBuilder, manifests: dict[tuple, Manifest]) -> None:
     spec: AuditSpec | None = builder.grid.audit
     if spec is None:
         return
-    chosen: dict[tuple, tuple[Manifest, Manifest | None]] = {}
+    chosen: dict[tuple, Manifest] = {}
     for (seed, setting, overlap, placebo), manifest in sorted(manifests.items(), key=lambda kv: str(kv[0])):
         if placebo or not manifest.pool("canaries"):
             continue
-        if (seed, setting) not in chosen or overlap < chosen[(seed, setting)][0].overlap:
-            chosen[(seed, setting)] = (manifest, manifests.get((seed, setting, overlap, True)))
-    for (seed, setting), (manifest, placebo) in chosen.items():
-        audits = _Audits(builder, spec, setting, manifest, placebo, seed)
+        if (seed, setting) not in chosen or overlap < chosen[(seed, setting)].overlap:
+            chosen[(seed, setting)] = manifest
+    for (seed, setting), manifest in chosen.items():
+        audits = _Audits(builder, spec, setting, manifest, seed)
         for arch in spec.archs:
             audits.add(arch)

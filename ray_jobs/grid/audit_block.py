@@ -20,10 +20,11 @@ AUDIT_PARAMS: dict[str, Param] = {
     "kinds": Param(list, default=["natural", "permuted"], item=str, choices=KINDS),
     "scores": Param(list, default=list(SCORES), item=str, choices=SCORES),
     "confidence": Param(float, default=0.95, low=0.5, high=1.0, high_open=True),
-    "placebo": Param(bool, default=True, help="audit a victim that never saw a canary (the null check)"),
+    "placebo": Param(bool, default=True, help="audit, next to each audited model, the same recipe with every "
+                     "canary excluded (the null check)"),
     "reference": Param(str, default="same_defense", choices=("same_defense", "grid"),
                        help="calibration model: the victim trained with the audited defense (trained for the audit "
-                            "when the grid lacks it), or only models the grid trains anyway (else the undefended victim)"),
+                            "when the grid lacks it), or only models the grid trains anyway (else no calibrated score)"),
 }
 
 
