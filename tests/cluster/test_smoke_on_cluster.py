@@ -48,7 +48,7 @@ def test_smoke_profile_on_two_node_cluster(
     assert attack_runs and model_runs
     for run in attack_runs:
         assert 0.0 <= run.data.metrics["auc"] <= 1.0, run.info.run_id
-        assert {"dataset", "victim_arch", "defense", "attack", "shadow_overlap"} <= run.data.params.keys()
+        assert {"dataset", "arch", "defense", "attack", "overlap"} <= run.data.params.keys()  # schema.LOGGED_AS
 
     # The driver joined the existing cluster as a job (a local instance would not show up here).
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
