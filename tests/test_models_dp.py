@@ -12,7 +12,7 @@ from opacus import GradSampleModule
 from opacus.grad_sample import GradSampleModuleExpandedWeights
 
 from benchmark.models.builder import build_segmentor, list_architectures
-from benchmark.models.dp import grad_sample_mode, prepare_for_dp
+from benchmark.models.dp import opacus_mode, prepare_for_dp
 from benchmark.models.lightning_module import SegmentationNet
 from benchmark.models.train import TrainConfig, load_model
 from conftest import fit_model
@@ -77,7 +77,7 @@ def test_accountant_steps_and_sample_rate_match_epochs_and_loader(data, tmp_path
 
     def record(self, module):
         seen["history"] = list(self.private.engine.accountant.history)
-        seen["loader"] = len(self.private.loader)
+        seen["loader"] = len(self.private.poisson_loader)
         return real(self, module)
 
     monkeypatch.setattr(dp_sgd.DPSGD, "summary", record)
@@ -113,7 +113,7 @@ def test_per_sample_gradients_match_single_image_gradients(arch):
         net.zero_grad()
         loss_of(net(images[i : i + 1]), labels[i : i + 1]).backward()
         expected.append({n: p.grad.clone() for n, p in net.named_parameters()})
-    if grad_sample_mode(net) == "hooks":
+    if opacus_mode(net, "ew") == "hooks":
         wrapped = GradSampleModule(net, loss_reduction="sum")
     else:
         wrapped = GradSampleModuleExpandedWeights(net, loss_reduction="sum")
