@@ -156,7 +156,7 @@ def test_virtual_batches_take_the_unsplit_step(mode):
                               noise_multiplier=1.0, mode=mode, max_physical_batch_size=2)
     private.optimizer.generator = torch.Generator().manual_seed(7)
     module.use_private(private.net, private.optimizer)
-    assert isinstance(private.loader.batch_sampler, BatchSplittingSampler)
+    assert isinstance(private.loader.loader.batch_sampler, BatchSplittingSampler)
     images, labels = _batch()
     steps = []
     for part in BatchSplittingSampler(sampler=[list(range(BATCH))], max_batch_size=2, optimizer=private.optimizer):

@@ -26,9 +26,9 @@ def data(small_cityscapes):
     return root, train[:8], train[8:]
 
 
-def _dp_train(data, out, arch="pspnet_tiny", epochs=2, batch_size=4, **dp):
+def _dp_train(data, out, arch="pspnet_tiny", epochs=2, batch_size=4, optimizer="adamw", **dp):
     root, members, heldout = data
-    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=1e-3, image_size=(32, 64))
+    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=1e-3, image_size=(32, 64), optimizer=optimizer)
     return fit_model(cfg, root, members, heldout, out, "dp_sgd", {"max_grad_norm": 1.0, **(dp or {"noise_multiplier": 1.0})})
 
 
@@ -123,3 +123,52 @@ def test_per_sample_gradients_match_single_image_gradients(arch):
         assert p.grad_sample is not None, name
         for i in range(2):
             torch.testing.assert_close(p.grad_sample[i], expected[i][name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return torch.load(result.checkpoint, weights_only=True)["state_dict"]
+
+
+def test_virtual_batches_train_the_same_model(data, tmp_path):
+    """Physical batches of at most 2 out of Poisson batches of about 4: the same clipped sums, noise draws, learning
+    rates and accountant steps, so the same weights as the un-split training. (The un-split run goes through the
+    same splitting loader with a limit no batch reaches: from the plain Poisson loader the same seed draws other
+    batches.)"""
+    whole = _dp_train(data, tmp_path / "whole", optimizer="sgd", noise_multiplier=1.0, max_physical_batch_size=100)
+    split = _dp_train(data, tmp_path / "split", optimizer="sgd", noise_multiplier=1.0, max_physical_batch_size=2)
+    assert split.metrics["dp_epsilon"] == whole.metrics["dp_epsilon"]
+    a, b = _weights(whole), _weights(split)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_ghost_and_ew_train_alike_and_spend_the_same_privacy(data, tmp_path):
+    """The mode changes the cost, not the mechanism: the same epsilon, sample rate and (to float rounding over the
+    steps) the same weights."""
+    runs = {mode: _dp_train(data, tmp_path / mode, optimizer="sgd", noise_multiplier=1.0, grad_sample_mode=mode)
+            for mode in ("ghost", "ew")}
+    for key in ("dp_epsilon", "dp_sample_rate", "dp_noise_multiplier", "dp_delta"):
+        assert runs["ghost"].metrics[key] == runs["ew"].metrics[key], key
+    a, b = _weights(runs["ew"]), _weights(runs["ghost"])
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("mode, precision", [("ghost", "bf16-mixed"), ("ew", "32-true")])
+def test_ghost_trains_under_bf16_autocast_and_ew_in_fp32(mode, precision, data, tmp_path, monkeypatch):
+    """CPU autocast stands in for the GPU's: the ghost mode keeps the configured bf16, ew falls back to fp32."""
+    from benchmark.models import train
+
+    used = []
+
+    class Recording(train.pl.Trainer):
+        def __init__(self, *args, **kwargs):
+            used.append(kwargs["precision"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train.pl, "Trainer", Recording)
+    root, members, heldout = data
+    cfg = TrainConfig(arch="pspnet_tiny", epochs=1, batch_size=4, lr=1e-3, image_size=(32, 64), precision="bf16-mixed")
+    result = fit_model(cfg, root, members, heldout, tmp_path, "dp_sgd",
+                       {"max_grad_norm": 1.0, "noise_multiplier": 1.0, "grad_sample_mode": mode})
+    assert used == [precision] and math.isfinite(result.metrics["train_loss_last"])

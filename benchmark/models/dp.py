@@ -130,6 +130,18 @@ def prepare_for_dp(net: nn.Module) -> None:
         raise SegleakError(f"model is not trainable under DP-SGD: {'; '.join(str(e) for e in errors)}")
 
 
+class PhysicalBatches:
+    """Opacus' split of each Poisson batch into physical batches (BatchMemoryManager's loader), without a length:
+    that length is an estimate (Poisson batch sizes are random) and Lightning would end an epoch after that many
+    batches, cutting a Poisson batch short; unsized, an epoch runs to the sampler's end."""
+
+    def __init__(self, loader: DPDataLoader, max_batch_size: int, optimizer: DPOptimizer):
+        self.loader = wrap_data_loader(data_loader=loader, max_batch_size=max_batch_size, optimizer=optimizer)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
 @dataclass
 class PrivateTraining:
     """What Opacus hands back: the per-sample-gradient model, the noisy optimiser, the Poisson loader (split into
@@ -138,7 +150,7 @@ class PrivateTraining:
     net: GradSampleModule
     optimizer: DPOptimizer
     poisson_loader: DPDataLoader  # one item per logical batch (the accountant's steps)
-    loader: DataLoader  # what training iterates: the Poisson loader, or its physical batches
+    loader: DPDataLoader | PhysicalBatches  # what training iterates: the Poisson batches or their physical parts
     engine: PrivacyEngine
     delta: float
     noise_multiplier: float
@@ -181,8 +193,8 @@ def make_private(
             )
         else:
             wrapped, dp_optimizer, *_, dp_loader = engine.make_private(noise_multiplier=noise_multiplier, **common)
-    physical = dp_loader if max_physical_batch_size is None else wrap_data_loader(
-        data_loader=dp_loader, max_batch_size=max_physical_batch_size, optimizer=dp_optimizer)
+    physical = dp_loader if max_physical_batch_size is None else PhysicalBatches(
+        dp_loader, max_physical_batch_size, dp_optimizer)
     return PrivateTraining(
         net=wrapped,
         optimizer=dp_optimizer,

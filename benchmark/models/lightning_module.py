@@ -203,14 +203,17 @@ class SegmentationModule(pl.LightningModule):
 
     def _noise_only_step(self, optimizer) -> None:
         """An empty Poisson batch under DP-SGD: zero per-sample gradients (ew) and a zero clipped sum (ghost), so
-        the step adds noise only."""
+        the step adds noise only. The empty per-sample gradients go after the step: ghost's hooks would stack the
+        next batch's onto them."""
         if self.private_optimizer is None:
             return
-        for p in self.net.parameters():
-            if p.requires_grad:
-                p.grad_sample = p.new_zeros((0, *p.shape))
-                p.grad = torch.zeros_like(p)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        for p in params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+            p.grad = torch.zeros_like(p)
         optimizer.step()
+        for p in params:
+            p.grad_sample = None
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
