@@ -42,7 +42,7 @@ class Sizes:
     dp_batch: int
 
 
-FULL = Sizes(8, (128, 256), 11, (64, 128), 8, 10, 4, 6, "pspnet_paper", (64, 128), 4)
+FULL = Sizes(8, (128, 256), 11, (64, 128), 8, 10, 4, 4, "pspnet_paper", (32, 64), 4)
 QUICK = Sizes(2, (16, 32), 2, (32, 64), 2, 2, 1, 2, "pspnet_tiny", (32, 64), 2)
 
 

@@ -56,6 +56,11 @@ class DPSGD(TrainingDefense):
             raise SegleakError("defense 'dp_sgd' needs exactly one of noise_multiplier or target_epsilon, "
                                f"got {sorted(self.values)}")
 
+    @property
+    def mode(self) -> str:
+        """How the per-image norms are taken (`benchmark.models.dp.MODES`): the same mechanism either way."""
+        return self.values.get("grad_sample_mode") or dp.MODES[0]
+
     def setup(self, module, data, epochs: int) -> None:
         dp.prepare_for_dp(module.net)
         n = len(data.train_set)
@@ -63,7 +68,7 @@ class DPSGD(TrainingDefense):
             module.net, module.build_optimizer(), data.tuple_loader(), max_grad_norm=self.values["max_grad_norm"],
             delta=self.values.get("delta") or default_delta(n), epochs=epochs,
             noise_multiplier=self.values.get("noise_multiplier"), target_epsilon=self.values.get("target_epsilon"),
-            mode=self.values.get("grad_sample_mode") or dp.MODES[0], max_physical_batch_size=self.values.get("max_physical_batch_size"),
+            mode=self.mode, max_physical_batch_size=self.values.get("max_physical_batch_size"),
         )
         module.use_private(self.private.net, self.private.optimizer, steps=epochs * len(self.private.poisson_loader))
         data.use_train_loader(self.private.loader)
