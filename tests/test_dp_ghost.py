@@ -166,3 +166,24 @@ def test_virtual_batches_take_the_unsplit_step(mode):
     assert steps == [(2, False), (1, True)]
     assert private.engine.accountant.history == [(1.0, 1.0, 1)]
     _assert_same({n: p.grad for n, p in module.plain_net.named_parameters()}, whole)
+
+
+@pytest.mark.parametrize("arch", TINY)
+def test_ghost_steps_under_bf16_autocast(arch):
+    """CPU bf16 autocast stands in for the GPU's (unmeasured there): the ghost step runs and lands near the fp32
+    step (bf16 activations: a few percent) and its norm stays within the clipping."""
+    clip = 0.05  # below every image's norm: each one clipped, so the step's norm is bounded by the clipping
+    module = _module(arch)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(BATCH)), batch_size=BATCH)
+    private = dp.make_private(module.net, module.build_optimizer(), loader, max_grad_norm=clip, delta=1e-5, epochs=1,
+                              noise_multiplier=0.0, mode="ghost")
+    module.use_private(private.net, private.optimizer)
+    images, labels = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = private.loss(module.per_image_loss(module.outputs(images), labels))
+    loss.backward()
+    assert private.optimizer.pre_step()
+    got = torch.cat([p.grad.flatten() for p in module.plain_net.parameters()])
+    want = torch.cat([g.flatten() for g in _private_grads(arch, "ghost", clip).values()])
+    assert got.isfinite().all() and got.norm() <= clip * 1.01
+    assert (got - want).norm() / want.norm() < 0.2

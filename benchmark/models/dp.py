@@ -1,10 +1,11 @@
 """DP-SGD for mmseg segmentors with Opacus 1.6 (no DPLightningDataModule: it subclasses the old `pytorch_lightning` namespace and fails with ours).
 
 What each architecture family needs (measured with torch 2.13, mmseg 1.2.2, opacus 1.6):
-- ResNet-based (PSPNet, UPerNet, DeepLabV3+): GroupNorm (`build_segmentor(arch, norm="GN")`) and
-  `grad_sample_mode="ew"` (ExpandedWeights). The "hooks" mode fails on mmseg's in-place residual add
-  (`out += identity`, "Output 0 of BackwardHookFunction is a view and is being modified inplace"), even with
-  every ReLU made non-in-place.
+- ResNet-based (PSPNet, UPerNet, DeepLabV3+): GroupNorm (`build_segmentor(arch, norm="GN")`). Opacus' hooks
+  (its "hooks" and "ghost" modes) fail on mmseg's in-place residual add (`out += identity`, "Output 0 of
+  BackwardHookFunction is a view and is being modified inplace"), even with every ReLU made non-in-place, unless
+  the block's last norm hands over a copy of its output (`prepare_for_dp` does that); ExpandedWeights ("ew")
+  needs no such fix.
 - SegFormer (MiT): "hooks" mode after (1) non-in-place activations, (2) each `nn.MultiheadAttention` replaced by
   Opacus' `DPMultiheadAttention`, and (3) that attention run batch-first: mmseg transposes to sequence-first
   before calling the attention, so Opacus' per-sample hooks would take the sequence axis for the batch axis
@@ -23,7 +24,7 @@ noise_multiplier * max_grad_norm per step, the sum divided by the expected batch
   layer by layer (`benchmark.models.norm_samplers`: Conv2d and Linear by mixed ghost clipping; GroupNorm and
   LayerNorm from their small per-sample gradients, freed at once), a second one the sum of the clipped gradients
   (each image's loss weighted by its clipping factor). No layer's per-sample gradients outlive the layer, so the
-  memory is that of plain training plus one layer's, at about twice the backward's time. It runs on Opacus'
+  memory is that of plain training plus one layer's per-sample work, at about twice the backward's time. It runs on Opacus'
   hooks, so the residual blocks' last norm hands mmseg a copy of its output (`out += identity` would write into
   the hooked output: the "hooks" failure above), and it runs under bf16 autocast (the norms are taken in fp32).
 - "ew": every parameter's per-sample gradients materialised at once (`batch x parameters` floats), through
