@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,7 +145,7 @@ def test_virtual_batches_train_the_same_model(data, tmp_path):
 
 def test_ghost_and_ew_train_alike_and_spend_the_same_privacy(data, tmp_path):
     """The mode changes the cost, not the mechanism: the same epsilon, sample rate and (to float rounding over the
-    steps) the same weights."""
+    steps) the same weights, so a one-run audit of their released outputs reads the same bound."""
     runs = {mode: _dp_train(data, tmp_path / mode, optimizer="sgd", noise_multiplier=1.0, grad_sample_mode=mode)
             for mode in ("ghost", "ew")}
     for key in ("dp_epsilon", "dp_sample_rate", "dp_noise_multiplier", "dp_delta"):
@@ -152,6 +153,22 @@ def test_ghost_and_ew_train_alike_and_spend_the_same_privacy(data, tmp_path):
     a, b = _weights(runs["ew"]), _weights(runs["ghost"])
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
+    # the one-run audit reads the released outputs: the same scores, the same bound (members as the "included")
+    from benchmark.audit.bound import audit_bound
+    from benchmark.audit.scores import canary_scores
+    from benchmark.data.adapters import get_adapter
+    from benchmark.models.release import release_outputs
+
+    root, members, heldout = data
+    ids = members + heldout
+    included = np.array([i in members for i in ids])
+    audits = {}
+    for mode, run in runs.items():
+        released = release_outputs(run.checkpoint, get_adapter("cityscapes"), root, ids, image_size=(32, 64))
+        scores = canary_scores(["loss"], released, None, ids)
+        audits[mode] = (scores["loss"], audit_bound(scores, included, delta=runs[mode].metrics["dp_delta"]))
+    np.testing.assert_allclose(audits["ghost"][0], audits["ew"][0], rtol=1e-3)
+    assert audits["ghost"][1] == audits["ew"][1]
 
 
 @pytest.mark.parametrize("mode, precision", [("ghost", "bf16-mixed"), ("ew", "32-true")])
