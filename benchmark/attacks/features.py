@@ -45,7 +45,8 @@ def _label_scores(scores: Tensor, labels: Tensor, ignore_index: int) -> tuple[Te
 
 
 def loss_map(log_probs: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """`-log p_y` per pixel `[B,1,H,W]` from log-posteriors (float32 or wider), capped at -log(EPS), 0 where ignored."""
+    """`-log p_y` per pixel `[B,1,H,W]` from log-posteriors of any float dtype (the release's float16: only the
+    gathered channel is converted, exactly, to float32), capped at -log(EPS), 0 where ignored."""
     loss, valid = _label_scores(log_probs, labels, ignore_index)
     return loss.neg_().clamp_(0.0, MAX_LOSS).masked_fill_(~valid, 0.0)
 
@@ -94,7 +95,7 @@ def representation(name: str, log_probs: Tensor, labels: Tensor, *, hard: bool =
     if name not in REPRESENTATIONS:
         raise SegleakError(f"unknown representation {name!r}; known: {sorted(REPRESENTATIONS)}")
     function, reads_log = REPRESENTATIONS[name]
-    rep = function(log_probs.float() if reads_log else log_probs.float().exp(), labels, ignore_index=ignore_index)
+    rep = function(log_probs if reads_log else log_probs.float().exp(), labels, ignore_index=ignore_index)
     if hard and name == "slm":
         rep = rep / HARD_SLM_SCALE
     return rep
