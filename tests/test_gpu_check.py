@@ -74,7 +74,7 @@ def test_quick_run_measures_every_arch_and_phase(quick_run):
     assert loader["status"] == "ok" and loader["best_images_per_s"] > 0
     assert {c["workers"] for c in loader["configs"].values()} == {0, 2}
     assert result["goal"]["arch"] == result["largest_arch"] and result["goal"]["met"] is None
-    assert 0 < result["elapsed_s"] < 120
+    assert 0 < result["elapsed_s"] < 180  # 75-135 s measured on 2 shared cores (the dp phases, ghost: ~36 s)
 
 
 def test_quick_run_prints_the_table(quick_run):
