@@ -35,7 +35,7 @@ CELL_KEYS = (
 )
 ATTACK_KEYS = ("attack", "representation", "attack_label")
 AUC_CHANCE = 0.5
-PROTOCOL = "lira_protocol"  # ray_jobs.units.protocol.PROTOCOL_SETTING (analysis imports no ray_jobs)
+PROTOCOL = "lira_protocol"  # ray_jobs.units.kinds.protocol.PROTOCOL_SETTING (analysis imports no ray_jobs)
 SELECTION_RULE = ("strongest attack = the highest lower 95% bound of the AUC on the attacker's own held-out "
                   "calibration images (8 + 8 shadow images and hundreds of leave-one-out rows compared on what each "
                   "shows at least), never chosen with the victim's membership labels; the chosen attack's victim "

@@ -128,3 +128,15 @@ def test_statistics_match_numpy() -> None:
         assert conf[b] == pytest.approx(np.mean(np.log(py) - np.log1p(-py)), rel=1e-5)
     # image 2 has no labelled pixel: documented NaN
     assert np.isnan(loss[2]) and np.isnan(acc[2]) and np.isnan(conf[2])
+
+
+def test_slm_of_float16_log_posteriors_is_exact_without_converting_every_channel() -> None:
+    """The grid's SLM gathers the label's channel of the float16 release and converts only that one: the same
+    numbers as converting the whole map first (float16 -> float32 is exact)."""
+    gen = torch.Generator().manual_seed(0)
+    log_probs = torch.log_softmax(torch.randn(2, 5, 6, 7, generator=gen) * 4, dim=1).half()
+    labels = torch.randint(0, 5, (2, 6, 7), generator=gen)
+    labels[0, 0, 0] = features.IGNORE_INDEX
+    slm = features.representation("slm", log_probs, labels)
+    assert slm.dtype == torch.float32
+    assert torch.equal(slm, features.loss_map(log_probs.float(), labels))

@@ -55,7 +55,7 @@ def test_bumping_an_attack_recomputes_its_fits_and_cells_and_nothing_else(baseli
 def test_bumping_a_dataset_adapter_or_a_training_defense_reaches_its_models(baseline, tmp_path, monkeypatch):
     name = next(u.config.dataset["type"] for u in baseline.units.values() if u.kind == "model")
     monkeypatch.setattr(DATASETS.lookup(name), "version", 3)
-    monkeypatch.setattr(DEFENSES.lookup("dp_sgd"), "version", 2)
+    monkeypatch.setattr(DEFENSES.lookup("dp_sgd"), "version", DEFENSES.lookup("dp_sgd").version + 1)
     after = _plan(tmp_path)
     models = [u for u in baseline.units.values() if u.kind == "model"]
     for unit in models:

@@ -159,3 +159,18 @@ def test_the_cli_takes_a_gpu_check_file(tmp_path, capsys):
                  "--gpu-check", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.json" in err
+
+
+def test_dp_rates_measured_in_another_mode_are_noted(paper):
+    """The committed H200 file measured DP-SGD in the ew mode (no `dp_mode`); the grid trains in ghost."""
+    _, plan, grid = paper
+    dp = _unit(plan, "model", role="victim", arch="pspnet_paper", setting="dependent", placebo=False,
+               train_defense="dp_sgd(max_grad_norm=1, target_epsilon=8)")
+    for measured, noted in ((None, True), ("ew", True), ("ghost", False)):
+        data = _gpu_check()
+        settings = data["archs"]["pspnet_paper"]["phases"]["dp"]["settings"]
+        if measured:
+            settings["dp_mode"] = measured
+        estimator = _Estimator(plan, grid, GpuCheck("fake", data))
+        estimator.unit_seconds(dp)
+        assert any("measured in the ew mode, the grid trains in ghost" in n for n in estimator.notes) is noted

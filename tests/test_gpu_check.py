@@ -60,7 +60,7 @@ def test_quick_run_measures_every_arch_and_phase(quick_run):
         assert set(entry["phases"]) == expected, arch
         for name, rec in entry["phases"].items():
             _assert_measured(rec, f"{arch}/{name}")
-        assert entry["phases"]["dp"]["settings"]["grad_sample_mode"] == ("hooks" if "segformer" in arch else "ew")
+        assert entry["phases"]["dp"]["settings"]["dp_mode"] == entry["phases"]["dp"]["settings"]["grad_sample_mode"] == "ghost"
         assert entry["phases"]["train_det"]["settings"]["deterministic"] is True
         stride = result["profile"]["output_stride"]  # the paper profile's
         assert entry["phases"]["release"]["release_size"] == [64 // stride, 128 // stride]
@@ -74,7 +74,7 @@ def test_quick_run_measures_every_arch_and_phase(quick_run):
     assert loader["status"] == "ok" and loader["best_images_per_s"] > 0
     assert {c["workers"] for c in loader["configs"].values()} == {0, 2}
     assert result["goal"]["arch"] == result["largest_arch"] and result["goal"]["met"] is None
-    assert 0 < result["elapsed_s"] < 120
+    assert 0 < result["elapsed_s"] < 180  # 75-135 s measured on 2 shared cores (the dp phases, ghost: ~36 s)
 
 
 def test_quick_run_prints_the_table(quick_run):

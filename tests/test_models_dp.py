@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from opacus import GradSampleModule
 from opacus.grad_sample import GradSampleModuleExpandedWeights
 
 from benchmark.models.builder import build_segmentor, list_architectures
-from benchmark.models.dp import grad_sample_mode, prepare_for_dp
+from benchmark.models.dp import opacus_mode, prepare_for_dp
 from benchmark.models.lightning_module import SegmentationNet
 from benchmark.models.train import TrainConfig, load_model
 from conftest import fit_model
@@ -26,9 +27,9 @@ def data(small_cityscapes):
     return root, train[:8], train[8:]
 
 
-def _dp_train(data, out, arch="pspnet_tiny", epochs=2, batch_size=4, **dp):
+def _dp_train(data, out, arch="pspnet_tiny", epochs=2, batch_size=4, optimizer="adamw", **dp):
     root, members, heldout = data
-    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=1e-3, image_size=(32, 64))
+    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=1e-3, image_size=(32, 64), optimizer=optimizer)
     return fit_model(cfg, root, members, heldout, out, "dp_sgd", {"max_grad_norm": 1.0, **(dp or {"noise_multiplier": 1.0})})
 
 
@@ -77,7 +78,7 @@ def test_accountant_steps_and_sample_rate_match_epochs_and_loader(data, tmp_path
 
     def record(self, module):
         seen["history"] = list(self.private.engine.accountant.history)
-        seen["loader"] = len(self.private.loader)
+        seen["loader"] = len(self.private.poisson_loader)
         return real(self, module)
 
     monkeypatch.setattr(dp_sgd.DPSGD, "summary", record)
@@ -113,7 +114,7 @@ def test_per_sample_gradients_match_single_image_gradients(arch):
         net.zero_grad()
         loss_of(net(images[i : i + 1]), labels[i : i + 1]).backward()
         expected.append({n: p.grad.clone() for n, p in net.named_parameters()})
-    if grad_sample_mode(net) == "hooks":
+    if opacus_mode(net, "ew") == "hooks":
         wrapped = GradSampleModule(net, loss_reduction="sum")
     else:
         wrapped = GradSampleModuleExpandedWeights(net, loss_reduction="sum")
@@ -123,3 +124,68 @@ def test_per_sample_gradients_match_single_image_gradients(arch):
         assert p.grad_sample is not None, name
         for i in range(2):
             torch.testing.assert_close(p.grad_sample[i], expected[i][name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return torch.load(result.checkpoint, weights_only=True)["state_dict"]
+
+
+def test_virtual_batches_train_the_same_model(data, tmp_path):
+    """Physical batches of at most 2 out of Poisson batches of about 4: the same clipped sums, noise draws, learning
+    rates and accountant steps, so the same weights as the un-split training. (The un-split run goes through the
+    same splitting loader with a limit no batch reaches: from the plain Poisson loader the same seed draws other
+    batches.)"""
+    whole = _dp_train(data, tmp_path / "whole", optimizer="sgd", noise_multiplier=1.0, max_physical_batch_size=100)
+    split = _dp_train(data, tmp_path / "split", optimizer="sgd", noise_multiplier=1.0, max_physical_batch_size=2)
+    assert split.metrics["dp_epsilon"] == whole.metrics["dp_epsilon"]
+    a, b = _weights(whole), _weights(split)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_ghost_and_ew_train_alike_and_spend_the_same_privacy(data, tmp_path):
+    """The mode changes the cost, not the mechanism: the same epsilon, sample rate and (to float rounding over the
+    steps) the same weights, so a one-run audit of their released outputs reads the same bound."""
+    runs = {mode: _dp_train(data, tmp_path / mode, optimizer="sgd", noise_multiplier=1.0, grad_sample_mode=mode)
+            for mode in ("ghost", "ew")}
+    for key in ("dp_epsilon", "dp_sample_rate", "dp_noise_multiplier", "dp_delta"):
+        assert runs["ghost"].metrics[key] == runs["ew"].metrics[key], key
+    a, b = _weights(runs["ew"]), _weights(runs["ghost"])
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
+    # the one-run audit reads the released outputs: the same scores, the same bound (members as the "included")
+    from benchmark.audit.bound import audit_bound
+    from benchmark.audit.scores import canary_scores
+    from benchmark.data.adapters import get_adapter
+    from benchmark.models.release import release_outputs
+
+    root, members, heldout = data
+    ids = members + heldout
+    included = np.array([i in members for i in ids])
+    audits = {}
+    for mode, run in runs.items():
+        released = release_outputs(run.checkpoint, get_adapter("cityscapes"), root, ids, image_size=(32, 64))
+        scores = canary_scores(["loss"], released, None, ids)
+        audits[mode] = (scores["loss"], audit_bound(scores, included, delta=runs[mode].metrics["dp_delta"]))
+    np.testing.assert_allclose(audits["ghost"][0], audits["ew"][0], rtol=1e-3)
+    assert audits["ghost"][1] == audits["ew"][1]
+
+
+@pytest.mark.parametrize("mode, precision", [("ghost", "bf16-mixed"), ("ew", "32-true")])
+def test_ghost_trains_under_bf16_autocast_and_ew_in_fp32(mode, precision, data, tmp_path, monkeypatch):
+    """CPU autocast stands in for the GPU's: the ghost mode keeps the configured bf16, ew falls back to fp32."""
+    from benchmark.models import train
+
+    used = []
+
+    class Recording(train.pl.Trainer):
+        def __init__(self, *args, **kwargs):
+            used.append(kwargs["precision"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train.pl, "Trainer", Recording)
+    root, members, heldout = data
+    cfg = TrainConfig(arch="pspnet_tiny", epochs=1, batch_size=4, lr=1e-3, image_size=(32, 64), precision="bf16-mixed")
+    result = fit_model(cfg, root, members, heldout, tmp_path, "dp_sgd",
+                       {"max_grad_norm": 1.0, "noise_multiplier": 1.0, "grad_sample_mode": mode})
+    assert used == [precision] and math.isfinite(result.metrics["train_loss_last"])

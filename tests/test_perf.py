@@ -22,7 +22,10 @@ def test_reference_loops_equal_segleak_features(seed):
     assert torch.allclose(torch.from_numpy(features.loop_structured_loss_map(p, y)),
                           structured_loss_map(probs, labels), rtol=1e-5, atol=1e-6)
     assert torch.equal(torch.from_numpy(features.loop_concatenation(p, y)), concatenation(probs, labels))
-    assert features.check_features_equal(probs, labels)
+    released = probs.log().half()
+    assert features.check_features_equal(probs, labels, released)
+    # mutation: a grid path that reads the wrong channel must fail the check
+    assert not features.check_features_equal(probs, labels, released.roll(1, dims=1))
 
 
 def test_default_plan_shares_models():
@@ -55,8 +58,8 @@ def test_quick_run_writes_every_key(tmp_path, capsys):
     assert {"threads_1"} <= set(result["features"])
     assert {"speedup_slm", "speedup_concat", "copy_over_slm", "copy_over_concat"} <= set(result["features"]["threads_1"])
     assert {"lightning_step_s", "plain_step_s", "overhead", "lightning_setup_s"} <= set(result["training"])
-    assert {"plain_step_s", "dp_step_s", "time_ratio", "peak_rss_ratio"} <= set(result["dp"])
-    assert {"plain", "dp"} == set(result["dp"]["memory"])
+    assert {"step_s", "time_ratio", "peak_rss_ratio", "memory"} <= set(result["dp"])
+    assert {"ghost", "ew", "plain"} == set(result["dp"]["memory"]) == set(result["dp"]["step_s"])
     assert {"default", "paper"} == set(result["planning"])
     assert {"stored_bytes_per_image", "raw_float32_bytes_per_image", "compression"} <= set(result["release"])
     assert all(set(row) == {"figure", "value", "target", "verdict"} for row in result["table"])

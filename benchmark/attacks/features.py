@@ -37,19 +37,28 @@ def label_mask(scores: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tenso
     return valid, safe
 
 
+def _label_scores(scores: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Each pixel's score of its label `[B,1,H,W]` as a fresh float32 tensor (the callers work in place on it),
+    and the labelled-pixel mask `[B,1,H,W]`."""
+    valid, safe = label_mask(scores, labels, ignore_index)
+    return scores.gather(1, safe.unsqueeze(1)).float(), valid.unsqueeze(1)
+
+
 def loss_map(log_probs: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """`-log p_y` per pixel `[B,1,H,W]` from log-posteriors (float32 or wider), capped at -log(EPS), 0 where ignored."""
-    valid, safe = label_mask(log_probs, labels, ignore_index)
-    loss = log_probs.gather(1, safe.unsqueeze(1)).float()  # a fresh tensor: the chain below works in place
-    return loss.neg_().clamp_(0.0, MAX_LOSS).masked_fill_(~valid.unsqueeze(1), 0.0)
+    """`-log p_y` per pixel `[B,1,H,W]` from log-posteriors of any float dtype (the release's float16: only the
+    gathered channel is converted, exactly, to float32), capped at -log(EPS), 0 where ignored."""
+    loss, valid = _label_scores(log_probs, labels, ignore_index)
+    return loss.neg_().clamp_(0.0, MAX_LOSS).masked_fill_(~valid, 0.0)
 
 
 def structured_loss_map(probs: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Per-pixel cross-entropy `-log(max(p_y, EPS))` `[B,1,H,W]`, 0 at ignored pixels (the paper's SLM).
 
-    Computed in float32 whatever `probs`' dtype, so half-precision input never gives log(0) = -inf.
+    The label's probability is gathered before the log (one channel of C takes it), in float32 whatever `probs`'
+    dtype, so half-precision input never gives log(0) = -inf.
     """
-    return loss_map(probs.float().clamp_min(EPS).log(), labels, ignore_index)
+    p, valid = _label_scores(probs, labels, ignore_index)
+    return p.clamp_(EPS, 1.0).log_().neg_().masked_fill_(~valid, 0.0)
 
 
 def concatenation(probs: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -86,7 +95,7 @@ def representation(name: str, log_probs: Tensor, labels: Tensor, *, hard: bool =
     if name not in REPRESENTATIONS:
         raise SegleakError(f"unknown representation {name!r}; known: {sorted(REPRESENTATIONS)}")
     function, reads_log = REPRESENTATIONS[name]
-    rep = function(log_probs.float() if reads_log else log_probs.float().exp(), labels, ignore_index=ignore_index)
+    rep = function(log_probs if reads_log else log_probs.float().exp(), labels, ignore_index=ignore_index)
     if hard and name == "slm":
         rep = rep / HARD_SLM_SCALE
     return rep

@@ -107,6 +107,7 @@ class SegmentationModule(pl.LightningModule):
         # per epoch: the mean training batch loss and what that epoch's validation measured (the run's curves)
         self.epoch_metrics: list[dict[str, float]] = []
         self.private_optimizer: torch.optim.Optimizer | None = None
+        self.total_steps: int | None = None  # optimiser steps of the whole training, where not one per batch
         self.channels_last = False
         self._compiled: nn.Module | None = None  # torch.compile of `net` for the training forward
         self._loss_sum = 0.0
@@ -127,9 +128,10 @@ class SegmentationModule(pl.LightningModule):
         """Decode-head logits at the model's output resolution (inference: bypasses Opacus' wrapper)."""
         return self.plain_net(images)[0]
 
-    def use_private(self, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Train through Opacus' per-sample-gradient model and noisy optimiser (DP-SGD's set-up)."""
-        self.net, self.private_optimizer = net, optimizer
+    def use_private(self, net: nn.Module, optimizer: torch.optim.Optimizer, steps: int | None = None) -> None:
+        """Train through Opacus' per-sample-gradient model and noisy optimiser (DP-SGD's set-up); `steps`: the
+        noisy steps of the whole training (Poisson batches, which virtual batches split into several)."""
+        self.net, self.private_optimizer, self.total_steps = net, optimizer, steps
 
     def speed_up(self, channels_last: bool, compile: bool, backend: str = "inductor") -> None:
         """GPU training speed (measured by `make gpu-check`): channels-last weights and activations, and a
@@ -165,7 +167,7 @@ class SegmentationModule(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.private_optimizer or self.build_optimizer()
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = max(1, self.total_steps or int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=self.hparams.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -185,27 +187,35 @@ class SegmentationModule(pl.LightningModule):
             self._noise_only_step(optimizer)
         else:
             self.seen_train_ids.update(ids)
-            loss = self.defense.training_loss(self, images, labels)
-            if not torch.isfinite(loss):
+            loss = self.defense.training_loss(self, images, labels)  # a tensor, or DP-SGD's two-pass loss
+            value = loss.detach()
+            if not torch.isfinite(value):
                 raise SegleakError(
-                    f"{self.hparams.arch}: training loss is {loss.item()} at epoch {self.current_epoch} "
+                    f"{self.hparams.arch}: training loss is {value.item()} at epoch {self.current_epoch} "
                     f"(batch {batch_idx}); lower the learning rate"
                 )
             self.manual_backward(loss)
             optimizer.step()
-            self._loss_sum += loss.item() * images.shape[0]
+            self._loss_sum += value.item() * images.shape[0]
             self._loss_count += images.shape[0]
-            self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=images.shape[0])
-        self.lr_schedulers().step()
+            self.log("train_loss", value, on_step=False, on_epoch=True, batch_size=images.shape[0])
+        # a virtual batch's physical parts but the last only add their clipped gradients (Opacus' flag)
+        if not getattr(self.private_optimizer, "_is_last_step_skipped", False):
+            self.lr_schedulers().step()
 
     def _noise_only_step(self, optimizer) -> None:
-        """An empty Poisson batch under DP-SGD: zero per-sample gradients, so the step adds noise only."""
+        """An empty Poisson batch under DP-SGD: zero per-sample gradients (ew) and a zero clipped sum (ghost), so
+        the step adds noise only. The empty per-sample gradients go after the step: ghost's hooks would stack the
+        next batch's onto them."""
         if self.private_optimizer is None:
             return
-        for p in self.net.parameters():
-            if p.requires_grad:
-                p.grad_sample = p.new_zeros((0, *p.shape))
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        for p in params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+            p.grad = torch.zeros_like(p)
         optimizer.step()
+        for p in params:
+            p.grad_sample = None
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:

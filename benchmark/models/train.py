@@ -175,8 +175,8 @@ def train_model(
         max_epochs=epochs,
         accelerator=cfg.accelerator,
         devices=1,
-        # Opacus' ExpandedWeights cannot mix bf16 activations with fp32 weights: DP-SGD trains in fp32
-        precision="32-true" if private else cfg.precision,
+        # Opacus' ExpandedWeights cannot mix bf16 activations with fp32 weights: DP-SGD's ew mode trains in fp32
+        precision=cfg.precision if not private or dp.autocasts(module.private_optimizer) else "32-true",
         deterministic=deterministic,
         benchmark=not deterministic,
         logger=False,

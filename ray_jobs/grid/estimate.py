@@ -157,6 +157,7 @@ class _Estimator:
         cfg = unit.config
         defense = self._defense(cfg.defense)
         phase = self.part(unit, train_phase)
+        measured_on = cfg.arch
         try:
             rate, size = self._rate(cfg.arch, phase)
         except LookupError:
@@ -165,8 +166,15 @@ class _Estimator:
                 raise
             rate, size = self._rate(cfg.arch, "train")
             rate /= slowdown[1]
+            measured_on = slowdown[0]
             self.notes.add(f"DP-SGD of {cfg.arch} not measured: its plain rate / {slowdown[1]:.0f} "
                            f"(the DP slowdown measured on {slowdown[0]})")
+        if phase == "dp":
+            # gpu-check files from before the ghost mode carry no dp_mode: they measured ew
+            measured = self.check.phase(measured_on, "dp")["settings"].get("dp_mode", "ew")
+            if measured != defense.mode:
+                self.notes.add(f"DP-SGD rates were measured in the {measured} mode, the grid trains in {defense.mode} "
+                               "(rerun `make gpu-check` for its rates)")
         image_size = cfg.train.get("image_size")
         if cfg.train.get("precision") and cfg.train["precision"] != self.check.data.get("profile", {}).get("precision"):
             self.notes.add(f"the grid trains in {cfg.train['precision']}, the rates are "

@@ -6,8 +6,9 @@
   today: `deterministic="warn"`, i.e. deterministic cuDNN, no autotuning), `train_channels_last`,
   `train_compile` and `train_compile_channels_last` (`torch.compile` of the loss computation; the backward
   is compiled with it). Images and labels are synthetic and already on the device: loading is measured apart.
-- dp: the GroupNorm model prepared by `benchmark.models.dp.prepare_for_dp`, wrapped by Opacus' PrivacyEngine
-  with Poisson sampling and the architecture's grad_sample_mode; timed steps feed a fixed batch.
+- dp: the GroupNorm model prepared by `benchmark.models.dp.prepare_for_dp`, wrapped by `dp.make_private` (Opacus'
+  PrivacyEngine, Poisson sampling) in the grid's default mode (`dp.MODES[0]`, fast gradient clipping), its loss
+  back-propagated through `PrivateTraining.loss` as the trainer does; timed steps feed a fixed batch.
 - release: bf16 inference, logits resized bilinearly to the release size (1/output_stride), log_softmax in fp32.
 - attack: `AttackNet(1, "paper")` (structured loss map) on crops, forward+backward+Adam, fp32 as the project
   trains it and bf16 for comparison.
@@ -84,8 +85,10 @@ def autocast(device: Device, precision: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.kind, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
-def loss_function(net: nn.Module, heads: nn.Module, device: Device, precision: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """SegmentationModule's training loss for `net` (maybe Opacus-wrapped); `heads` is the plain SegmentationNet."""
+def loss_function(net: nn.Module, heads: nn.Module, device: Device, precision: str,
+                  reduce: Callable[[Tensor], Tensor] = torch.Tensor.mean) -> Callable[[Tensor, Tensor], Tensor]:
+    """SegmentationModule's training loss for `net` (maybe Opacus-wrapped); `heads` is the plain SegmentationNet;
+    `reduce` turns the per-image losses into what is back-propagated (DP-SGD: `PrivateTraining.loss`)."""
     from benchmark.models.lightning_module import per_image_ce
 
     weights = [1.0] + [float(getattr(h.loss_decode, "loss_weight", 1.0)) for h in heads.auxiliary_heads()] \
@@ -97,7 +100,7 @@ def loss_function(net: nn.Module, heads: nn.Module, device: Device, precision: s
             loss = images.new_zeros(images.shape[0], dtype=torch.float32)
             for w, logits in zip(weights, outs):
                 loss = loss + w * per_image_ce(logits, labels)
-            return loss.mean()
+            return reduce(loss)
 
     return compute
 
@@ -201,31 +204,28 @@ def graph_breaks() -> dict[str, int]:
 
 # --- DP-SGD ------------------------------------------------------------------------------------------------
 def _dp_attempt(template: nn.Module, batch: int, precision: str, s: Settings, device: Device) -> dict:
-    from opacus import PrivacyEngine
-
     from benchmark.models import dp
 
     net = copy.deepcopy(template)
     dp.prepare_for_dp(net)  # before the optimiser: it replaces attention parameters
     net = net.to(device.torch).train()
-    mode = dp.grad_sample_mode(net)
+    mode = dp.MODES[0]  # what the grid trains with unless a defense asks for another
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=s.lr)
     # make_private reads the loader's dataset length and batch size only: the timed steps feed one fixed batch
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(64 * batch)), batch_size=batch)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        wrapped, dp_optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
-            module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
-            poisson_sampling=True, grad_sample_mode=mode)
+    private = dp.make_private(net, optimizer, loader, max_grad_norm=1.0, noise_multiplier=1.0, delta=1e-5, epochs=1,
+                              mode=mode)
+    dp_optimizer = private.optimizer
     images, labels = synthetic_batch(batch, s.image_hw, device)
-    compute = loss_function(wrapped, net, device, precision)
+    compute = loss_function(private.net, net, device, precision, reduce=private.loss)
 
     timing, peak = timed_with_peak(optimizer_step(dp_optimizer, lambda: compute(images, labels)), device, s.plan)
     dp_optimizer.zero_grad(set_to_none=True)
     flops, error = safe_flops(lambda: compute(images, labels).backward())  # per-sample gradients included
     dp_optimizer.zero_grad(set_to_none=True)
     rec = _record(timing, batch, flops, device, image_size=list(s.image_hw), flops_source=error or "counted",
-                  settings={"precision": precision, "grad_sample_mode": mode, "norm": "GN", "poisson_sampling": True,
+                  settings={"precision": precision, "dp_mode": mode, "grad_sample_mode": dp.opacus_mode(net, mode),
+                            "norm": "GN", "poisson_sampling": True,
                             "noise_multiplier": 1.0, "max_grad_norm": 1.0})
     rec["peak_mem_gib"] = peak
     return rec

@@ -43,7 +43,7 @@ def run(quick: bool, workdir: Path, log: Callable[[str], None], sections: tuple[
         out["training"] = bench_training(sizes)
         rows += training_rows(out["training"])
     if "dp" in sections:
-        log("DP-SGD steps ...")
+        log(f"DP-SGD steps ({sizes.dp_arch}: ghost, ew, plain) ...")
         out["dp"] = bench_dp(sizes, isolate=not quick)
         rows += dp_rows(out["dp"])
     if "planning" in sections:

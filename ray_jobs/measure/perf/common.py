@@ -38,10 +38,14 @@ class Sizes:
     train_steps: int
     train_repeats: int
     dp_steps: int
+    # the DP section: a paper architecture at a small image, where `ew`'s batch x parameters floats dominate
+    dp_arch: str
+    dp_hw: tuple[int, int]
+    dp_batch: int
 
 
-FULL = Sizes(8, (128, 256), 11, (64, 128), 8, 10, 4, 8)
-QUICK = Sizes(2, (16, 32), 2, (32, 64), 2, 2, 1, 2)
+FULL = Sizes(8, (128, 256), 11, (64, 128), 8, 10, 4, 4, "pspnet_paper", (32, 64), 4)
+QUICK = Sizes(2, (16, 32), 2, (32, 64), 2, 2, 1, 2, "pspnet_tiny", (32, 64), 2)
 
 
 @dataclass
