@@ -63,6 +63,14 @@ def disk_full_at(exc: BaseException, path: str | Path) -> DiskFull | None:
     return DiskFull(str(path), free) if write_failed and free is not None and free < LOW_SPACE_BYTES else None
 
 
+def raise_if_disk_full(exc: BaseException, measured_at: str | Path, named: str | Path) -> None:
+    """Raise DiskFull naming `named` (the file or folder the user knows) if `exc`, raised while writing at
+    `measured_at`, was a full disk (`disk_full_at`); otherwise return and let the caller re-raise `exc`."""
+    full = disk_full_at(exc, measured_at)
+    if full is not None:
+        raise DiskFull(str(named), full.free) from exc
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     """The exception and everything it was raised from or while handling, without cycles."""
     seen: list[BaseException] = []

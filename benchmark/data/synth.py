@@ -26,7 +26,7 @@ import numpy as np
 from benchmark.data.adapters import DatasetAdapter, get_adapter
 from benchmark.data.scene import LabelMaps, draw_scene
 from benchmark.errors import SegleakError
-from benchmark.failure import DiskFull, disk_full_at
+from benchmark.failure import raise_if_disk_full
 from benchmark.params import Param, check_params
 
 MARKER = ".segleak_synth.json"
@@ -130,10 +130,8 @@ def ensure_synthetic_dataset(spec: SynthSpec, root: Path) -> Path:
         os.rename(tmp, root)
     except OSError as exc:
         if _marker(root) != wanted:  # not another writer finishing first: a real failure
-            full = disk_full_at(exc, tmp)  # measured before the partial copy is removed
-            if full is None:
-                raise
-            raise DiskFull(str(root), full.free) from exc
+            raise_if_disk_full(exc, tmp, root)  # measured before the partial copy is removed
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root

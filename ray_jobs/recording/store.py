@@ -53,7 +53,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from benchmark.errors import SegleakError
-from benchmark.failure import DiskFull, disk_full_at
+from benchmark.failure import DiskFull, raise_if_disk_full
 from ray_jobs.recording.leases import BREAK_LEASE_S, BREAK_SUFFIX, LOCK_PREFIX, LeaseLocks
 from ray_jobs.recording.ledger import Ledger
 from ray_jobs.recording.owner import _HEARTBEAT, HOST, TEMP_PREFIX, _owner_in_name, owner_alive, temp_name
@@ -402,10 +402,8 @@ class ResultStore(LeaseLocks, Ledger):
         except DiskFull as full:  # a file of the unit that did not fit: named at the unit's place
             raise DiskFull(full.path.replace(str(tmp), str(final), 1), full.free) from full.__cause__
         except Exception as exc:
-            full = disk_full_at(exc, tmp)  # measured now: removing the temp dir below frees the space
-            if full is None:
-                raise
-            raise DiskFull(str(final), full.free) from exc  # named by the unit's place, not its temp dir
+            raise_if_disk_full(exc, tmp, final)  # measured now (removing the temp dir frees the space), named
+            raise                                # by the unit's place, not its temp dir
         finally:
             if stack and stack[-1] is inputs:
                 stack.pop()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import SegleakError
-from benchmark.failure import DiskFull, disk_full_at, one_line
+from benchmark.failure import one_line, raise_if_disk_full
 from benchmark.redact import redact
 from benchmark.safe_paths import inside
 from ray_jobs.recording.owner import temp_name
@@ -133,10 +133,8 @@ class Reporter:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except Exception as exc:
-            full = disk_full_at(exc, staging)  # measured before the staging folder is removed
-            if full is None:
-                raise
-            raise DiskFull(str(final), full.free) from exc
+            raise_if_disk_full(exc, staging, final)  # measured before the staging folder is removed
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return {name: [final / Path(p).relative_to(staging) for p in paths] for name, paths in report.items()}

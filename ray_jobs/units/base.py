@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from benchmark.errors import SegleakError
-from benchmark.failure import DiskFull, disk_full_at
+from benchmark.failure import DiskFull, raise_if_disk_full
 from benchmark.registry import ComponentRegistry
 from ray_jobs.grid.file import import_worker_components
 from ray_jobs.recording.sealing import DamagedUnit
@@ -197,7 +197,5 @@ def execute(kind: str, key: str, config: dict[str, Any], store_root: str, num_th
     except SegleakError as exc:
         raise UnitRefused(str(exc)) from None
     except Exception as exc:
-        full = disk_full_at(exc, store.local_root)  # an ENOSPC outside the unit's own files (its lock)
-        if full is not None:
-            raise full from exc
+        raise_if_disk_full(exc, store.local_root, store.local_root)  # an ENOSPC outside the unit's files (its lock)
         raise UnitCrashed(f"{type(exc).__name__}: {exc}") from exc
